@@ -1,0 +1,196 @@
+"""Load policy / reference / reward / critic models and tokenizers.
+
+Every role loads through here so dtype, device, LoRA and the embedded default
+behave identically whether the model sits in the driver, a Ray actor, or a
+Serve replica. Checkpoints are plain Hugging Face folders (safetensors) so
+``transformers`` can load our outputs without us.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hbat.models.atomic import atomic_dir
+from hbat.models.default import resolve_model_path
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA options; ``target_modules='all-linear'`` adapts every linear layer."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] = field(default_factory=list)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``'auto'`` picks bf16 on a GPU that supports it, else fp32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{dtype}'; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``'auto'`` is the GPU Ray assigned to this process if any, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tokenizer(name_or_path: str):
+    """Tokenizer with a pad token (falls back to EOS) and left padding for generation."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _apply_lora(model, lora: LoraSettings | None, task_type: str):
+    if lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        modules_to_save=lora.modules_to_save or None,
+        task_type=task_type,
+    )
+    return get_peft_model(model, cfg)
+
+
+def _finish(model, device, trainable: bool, gradient_checkpointing: bool):
+    model.to(resolve_device(device) if isinstance(device, str) else device)
+    if trainable:
+        model.train()
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+    else:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    lora: LoraSettings | None = None,
+    trainable: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """A causal LM for the policy (``trainable=True``), reference or rollout."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=resolve_dtype(dtype))
+    if trainable:
+        model = _apply_lora(model, lora, "CAUSAL_LM")
+    return _finish(model, device, trainable, gradient_checkpointing)
+
+
+def load_reward_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    lora: LoraSettings | None = None,
+    trainable: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """A scalar reward model: ``AutoModelForSequenceClassification`` with one label.
+
+    From a causal-LM checkpoint the score head is freshly initialised (this is
+    how reward-model training starts); from a trained reward checkpoint it is
+    restored.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(name_or_path), num_labels=1, dtype=resolve_dtype(dtype)
+    )
+    _ensure_pad(model, name_or_path)
+    if trainable:
+        model = _apply_lora(model, lora, "SEQ_CLS")
+    return _finish(model, device, trainable, gradient_checkpointing)
+
+
+def load_critic(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    lora: LoraSettings | None = None,
+    trainable: bool = True,
+    gradient_checkpointing: bool = False,
+):
+    """A per-token value model: ``AutoModelForTokenClassification`` with one label.
+
+    Using the stock token-classification head (rather than a custom value
+    head) keeps critic checkpoints loadable by plain ``transformers``.
+    """
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        resolve_model_path(name_or_path), num_labels=1, dtype=resolve_dtype(dtype)
+    )
+    _ensure_pad(model, name_or_path)
+    if trainable:
+        model = _apply_lora(model, lora, "TOKEN_CLS")
+    return _finish(model, device, trainable, gradient_checkpointing)
+
+
+def _ensure_pad(model, name_or_path: str) -> None:
+    if model.config.pad_token_id is None:
+        tok = load_tokenizer(name_or_path)
+        model.config.pad_token_id = tok.pad_token_id
+
+
+def save_checkpoint(model, tokenizer, path: str | os.PathLike, *, merge_lora: bool = True, extra: dict | None = None) -> Path:
+    """Atomically write a Hugging Face folder (safetensors + tokenizer).
+
+    A peft model is merged into its base first (``merge_lora``) so the folder
+    loads with plain ``from_pretrained``; the in-memory model is not modified.
+    ``extra`` is written as ``hbat.json`` (e.g. run id, step, weight version).
+    """
+    to_save = model
+    if merge_lora and hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        import copy
+
+        to_save = copy.deepcopy(model).merge_and_unload()
+    with atomic_dir(path) as tmp:
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra:
+            (tmp / "hbat.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+    return Path(path)

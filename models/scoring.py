@@ -1,0 +1,44 @@
+"""Forward passes shared by actors and evaluation: reward at the last real token
+and per-token critic values.
+
+We pool the reward ourselves from the attention mask instead of relying on
+``pad_token_id`` inside transformers: many chat tokenizers use EOS as pad, and
+then the stock pooling would skip the final end-of-turn token of the response.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row (works with left or right padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def _backbone_and_head(model, head_name: str):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    head = getattr(base, head_name)
+    return backbone, head
+
+
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar reward per row from a sequence-classification model: [B]."""
+    backbone, head = _backbone_and_head(model, "score")
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    idx = last_token_index(attention_mask)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+    return head(pooled).squeeze(-1).float()
+
+
+def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values [B, T-1] aligned with shifted token log-probs.
+
+    Value at position t estimates the return from choosing token t+1, i.e. it
+    is read from the hidden state at t, the same state that produced the
+    logits for token t+1.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B,T,1]
+    return logits[:, :-1, 0].float()

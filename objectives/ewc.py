@@ -1,0 +1,316 @@
+"""Elastic weight consolidation for HBAT's alternating phases (arXiv 2406.15178).
+
+HBAT alternates an instruction (SFT) phase and a preference (PPO/DPO) phase.
+While training one objective, a penalty keeps each parameter tensor ``n``
+near ``theta*_n`` -- the weights at the end of the *other* objective's last
+phase -- in proportion to how much that tensor mattered to the other objective:
+
+    Omega(theta) = lambda * sum_n w_n * sum((theta_n - theta*_n)^2)
+
+Importance ``w_n`` comes either from the paper's *modified EWC* -- how far the
+other phase moved the tensor, ``mean((theta_n(end) - theta_n(start))^2)``,
+free to compute -- or from the original EWC diagonal Fisher (Kirkpatrick et
+al. 2017), squared gradients of the other objective, which costs extra
+backward passes. Importances are per tensor (one scalar per named parameter),
+normalised across tensors and capped at ``max_weight`` (the paper's
+``ewc_max_weight``).
+
+Everything is keyed by parameter name, so the same code anchors a full model
+or only its LoRA adapters: snapshot whatever :func:`trainable_state` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "trainable_state",
+    "movement_importance",
+    "fisher_importance",
+    "normalize_importance",
+    "EWCAnchor",
+    "NORMALIZE_MODES",
+]
+
+NORMALIZE_MODES = ("max", "softmax", "rank", "none")
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """Detached CPU float32-preserving clones of every ``requires_grad`` parameter, by name.
+
+    Why: the start/end snapshots of a phase for :func:`movement_importance` and
+    the anchor ``theta*`` of :class:`EWCAnchor`. Frozen parameters (e.g. the
+    base weights under LoRA) are skipped -- they cannot move, so they need no
+    anchor. Clones live on CPU so snapshots do not cost accelerator memory.
+    """
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def movement_importance(start: Mapping[str, Tensor], end: Mapping[str, Tensor]) -> dict[str, float]:
+    """HBAT's modified-EWC importance: how far a phase moved each tensor.
+
+    Formula: ``imp_n = mean((end_n - start_n)^2)`` over the elements of tensor
+    ``n``, for every name in ``start`` (a name missing from ``end`` is a
+    ``KeyError``; extra names in ``end`` are ignored).
+
+    Paper: HBAT, Wang et al. 2024 (arXiv 2406.15178), modified EWC.
+
+    Why: a gradient Fisher needs extra passes over the other objective's data
+    -- too costly for LLMs -- whereas the phase's own movement is free and
+    marks the tensors that phase relied on. Mean (not sum) makes tensors of
+    different sizes comparable.
+    """
+    out: dict[str, float] = {}
+    for name, s in start.items():
+        if name not in end:
+            raise KeyError(f"parameter {name!r} is in the start snapshot but not in the end snapshot")
+        e = end[name]
+        if e.shape != s.shape:
+            raise ValueError(f"parameter {name!r} changed shape: {tuple(s.shape)} -> {tuple(e.shape)}")
+        d = e.detach().double() - s.detach().to(e.device).double()
+        out[name] = float(d.pow(2).mean()) if d.numel() else 0.0
+    return out
+
+
+def fisher_importance(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    param_names: list[str] | None = None,
+) -> dict[str, float]:
+    """Original EWC importance: per-tensor mean of the squared gradient (diagonal Fisher).
+
+    Formula: ``F_n = (1/K) sum_{k=1..K} mean_elements( (d loss_fn(model, batch_k) / d theta_n)^2 )``
+    over the ``K`` batches, for every ``requires_grad`` parameter (or only
+    ``param_names``); a parameter the loss does not reach gets 0.
+
+    Paper: Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in
+    neural networks" (EWC). As usual for large models this is the *empirical*
+    Fisher of mini-batch gradients (squared gradient of the batch-mean loss),
+    not per-example squared gradients -- pass batches of size 1 for the latter.
+
+    Why: the HBAT paper's baseline for its movement importance; offered as an
+    option (``ewc: fisher``) for the ablation. Gradients come from
+    ``torch.autograd.grad`` so ``.grad`` fields, optimiser state and the
+    model's train/eval mode are left untouched.
+    """
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if param_names is not None:
+        missing = [n for n in param_names if n not in named]
+        if missing:
+            raise KeyError(f"not trainable parameters of the model: {missing}")
+        named = {n: named[n] for n in param_names}
+    names, params = list(named), list(named.values())
+    sums = [0.0] * len(params)
+    count = 0
+    with torch.enable_grad():
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for i, g in enumerate(grads):
+                if g is not None and g.numel():
+                    sums[i] += float(g.detach().double().pow(2).mean())
+            count += 1
+    if count == 0:
+        raise ValueError("fisher_importance needs at least one batch")
+    return {n: s / count for n, s in zip(names, sums)}
+
+
+def normalize_importance(imp: Mapping[str, float], mode: str = "max", max_weight: float = 1.0) -> dict[str, float]:
+    """Turn raw per-tensor importances into EWC weights in ``[0, max_weight]``.
+
+    With ``N`` tensors and ``m = max_n imp_n``:
+
+    * ``"max"`` (HBAT default): ``w_n = imp_n / m * max_weight`` -- the most
+      important tensor gets ``max_weight``, the rest proportionally less.
+    * ``"softmax"``: ``w_n = min(N * softmax_n(imp / m), max_weight)``. The
+      temperature is ``m``: raw importances are tiny (``~1e-10`` for squared
+      weight deltas), so a softmax of them would be uniform; dividing by the
+      max makes the result scale-free, logits in ``[0, 1]``. The ``N *`` makes
+      the average weight 1 before the cap, so weights are in
+      ``[N e^0 / sum, N e^1 / sum]`` -- a gentle, bounded preference for the
+      most-moved tensors that never silences any tensor.
+    * ``"rank"``: ``w_n = rank_n / N * max_weight`` with ranks ``1..N`` in
+      ascending importance (ties share their average rank) -- robust to a
+      single outlier tensor dominating ``"max"``.
+    * ``"none"``: ``w_n = min(imp_n, max_weight)`` (raw importances, capped).
+
+    Every mode caps at ``max_weight`` (the paper's ``ewc_max_weight``). If all
+    importances are 0 (nothing moved) every weight is 0 -- no anchor strength
+    where there is no evidence, and no ``0/0``. Negative or non-finite
+    importances raise ``ValueError``.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"unknown importance normalisation {mode!r}; valid: {', '.join(NORMALIZE_MODES)}")
+    names = list(imp)
+    vals = [float(imp[n]) for n in names]
+    bad = [n for n, v in zip(names, vals) if not math.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(f"importances must be finite and >= 0; bad for {bad}")
+    if not names:
+        return {}
+    m = max(vals)
+    if m == 0.0:
+        return {n: 0.0 for n in names}
+    N = len(vals)
+    if mode == "max":
+        w = [v / m * max_weight for v in vals]
+    elif mode == "softmax":
+        logits = torch.tensor(vals, dtype=torch.float64) / m
+        w = (torch.softmax(logits, dim=0) * N).tolist()
+    elif mode == "rank":
+        order = sorted(range(N), key=lambda i: vals[i])
+        ranks = [0.0] * N
+        i = 0
+        while i < N:  # average ranks over runs of ties
+            j = i
+            while j + 1 < N and vals[order[j + 1]] == vals[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                ranks[order[k]] = (i + j) / 2.0 + 1.0
+            i = j + 1
+        w = [r / N * max_weight for r in ranks]
+    else:  # "none"
+        w = list(vals)
+    return {n: min(x, max_weight) for n, x in zip(names, w)}
+
+
+class EWCAnchor:
+    """Anchor weights ``theta*``, per-tensor weights ``w`` and strength ``lambda``.
+
+    ``penalty(params) = strength * sum_n w_n * sum((theta_n - theta*_n)^2)``
+    over the names present in the anchor. Build one at the end of a phase
+    (:meth:`from_movement` or :meth:`from_fisher`) and add ``penalty(model)``
+    to the next phase's loss.
+
+    The anchor tensors are detached clones; they stay where they were given
+    (``trainable_state`` gives CPU) unless ``device`` is passed, and are moved
+    to a parameter's device the first time the penalty meets it (then kept
+    there, so each step does not copy them again). Tensors with weight 0 are
+    skipped entirely.
+    """
+
+    def __init__(
+        self,
+        anchor: Mapping[str, Tensor],
+        weights: Mapping[str, float],
+        strength: float,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if set(anchor) != set(weights):
+            raise ValueError(
+                "anchor and weights must name the same tensors; "
+                f"only in anchor: {sorted(set(anchor) - set(weights))}, "
+                f"only in weights: {sorted(set(weights) - set(anchor))}"
+            )
+        self.anchor: dict[str, Tensor] = {
+            n: t.detach().clone() if device is None else t.detach().to(device, copy=True) for n, t in anchor.items()
+        }
+        self.weights: dict[str, float] = {n: float(weights[n]) for n in anchor}
+        self.strength = float(strength)
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_movement(
+        cls,
+        start_state: Mapping[str, Tensor],
+        end_state: Mapping[str, Tensor],
+        strength: float,
+        mode: str = "max",
+        max_weight: float = 1.0,
+    ) -> EWCAnchor:
+        """HBAT modified EWC: anchor at ``end_state``, weights from the start->end movement."""
+        imp = movement_importance(start_state, end_state)
+        weights = normalize_importance(imp, mode=mode, max_weight=max_weight)
+        return cls({n: end_state[n] for n in imp}, weights, strength)
+
+    @classmethod
+    def from_fisher(
+        cls,
+        anchor_state: Mapping[str, Tensor],
+        fisher_imp: Mapping[str, float],
+        strength: float,
+        mode: str = "max",
+        max_weight: float = 1.0,
+    ) -> EWCAnchor:
+        """Original EWC: anchor at ``anchor_state``, weights from :func:`fisher_importance`.
+
+        Only names present in both are anchored.
+        """
+        names = [n for n in anchor_state if n in fisher_imp]
+        weights = normalize_importance({n: fisher_imp[n] for n in names}, mode=mode, max_weight=max_weight)
+        return cls({n: anchor_state[n] for n in names}, weights, strength)
+
+    # -- use ----------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """Names of the anchored tensors."""
+        return list(self.anchor)
+
+    def penalty(
+        self, named_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], strict: bool = False
+    ) -> Tensor:
+        """``strength * sum_n w_n * sum((theta_n - theta*_n)^2)``, a differentiable scalar.
+
+        ``named_params`` is a module (its ``named_parameters()``), a mapping or an
+        iterable of ``(name, tensor)``. Names not in the anchor are ignored;
+        anchor names missing from ``named_params`` are skipped, or raise
+        ``KeyError`` listing them if ``strict``. Computed in float32 (or the
+        parameter dtype if wider) so bf16 weights do not lose the small
+        differences the penalty is about.
+        """
+        if isinstance(named_params, nn.Module):
+            items = named_params.named_parameters()
+        elif isinstance(named_params, Mapping):
+            items = named_params.items()
+        else:
+            items = named_params
+        params = {n: p for n, p in items if n in self.anchor}
+        if strict:
+            missing = [n for n in self.anchor if n not in params]
+            if missing:
+                raise KeyError(f"anchored parameters not found in the model: {missing}")
+        total: Tensor | None = None
+        for name, p in params.items():
+            w = self.weights[name]
+            if w == 0.0 or self.strength == 0.0:
+                continue
+            a = self.anchor[name]
+            if a.device != p.device:
+                a = self.anchor[name] = a.to(p.device)
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            term = w * (p.to(dtype) - a.to(dtype)).pow(2).sum()
+            total = term if total is None else total + term
+        if total is None:
+            ref = next(iter(params.values()), None)
+            if ref is not None:  # keep the graph connected: zero gradients, not None
+                return (ref * 0).sum().float()
+            return torch.zeros(())
+        return self.strength * total
+
+    def to(self, device: str | torch.device) -> EWCAnchor:
+        """Move the anchor tensors to ``device`` (in place) and return self."""
+        self.anchor = {n: t.to(device) for n, t in self.anchor.items()}
+        return self
+
+    # -- checkpoints ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"anchor": {name: CPU tensor}, "weights": {name: float}, "strength": float}``."""
+        return {
+            "anchor": {n: t.detach().to("cpu", copy=True) for n, t in self.anchor.items()},
+            "weights": dict(self.weights),
+            "strength": self.strength,
+        }
+
+    @classmethod
+    def from_state_dict(cls, d: Mapping[str, Any]) -> EWCAnchor:
+        """Inverse of :meth:`state_dict`."""
+        return cls(d["anchor"], d["weights"], d["strength"])
+
+    def __repr__(self) -> str:
+        return f"EWCAnchor(tensors={len(self.anchor)}, strength={self.strength})"
