@@ -41,7 +41,7 @@ NORMALIZE_MODES = ("max", "softmax", "rank", "none")
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    """Detached CPU float32-preserving clones of every ``requires_grad`` parameter, by name.
+    """Detached CPU clones (dtype kept) of every ``requires_grad`` parameter, by name.
 
     Why: the start/end snapshots of a phase for :func:`movement_importance` and
     the anchor ``theta*`` of :class:`EWCAnchor`. Frozen parameters (e.g. the
@@ -95,7 +95,7 @@ def fisher_importance(
     not per-example squared gradients -- pass batches of size 1 for the latter.
 
     Why: the HBAT paper's baseline for its movement importance; offered as an
-    option (``ewc: fisher``) for the ablation. Gradients come from
+    option for the ablation. Gradients come from
     ``torch.autograd.grad`` so ``.grad`` fields, optimiser state and the
     model's train/eval mode are left untouched.
     """

@@ -30,8 +30,8 @@ from hbat.orchestrator.data.errors import DataError, type_name
 __all__ = ["RecordAt", "SUPPORTED_SUFFIXES", "expand_paths", "iter_records", "read_records"]
 
 _JSONL_SUFFIXES = (".jsonl", ".json-lines", ".jsonlines", ".ndjson")
-SUPPORTED_SUFFIXES = _JSONL_SUFFIXES + (".json", ".parquet") + tuple(
-    s + ".gz" for s in _JSONL_SUFFIXES + (".json",)
+SUPPORTED_SUFFIXES = (
+    _JSONL_SUFFIXES + (".json", ".parquet") + tuple(s + ".gz" for s in _JSONL_SUFFIXES + (".json",))
 )
 
 
@@ -109,9 +109,7 @@ def _iter_jsonl(path: str) -> Iterator[RecordAt]:
                     f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=lineno
                 ) from None
             if not isinstance(record, dict):
-                raise DataError(
-                    f"expected a JSON object, got {type_name(record)}", path=path, line=lineno
-                )
+                raise DataError(f"expected a JSON object, got {type_name(record)}", path=path, line=lineno)
             yield RecordAt(path, "line", lineno, record)
 
 
@@ -128,9 +126,7 @@ def _iter_json(path: str) -> Iterator[RecordAt]:
     except UnicodeDecodeError as exc:
         raise DataError(f"not valid UTF-8 ({exc.reason})", path=path) from None
     except json.JSONDecodeError as exc:
-        raise DataError(
-            f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=exc.lineno
-        ) from None
+        raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=exc.lineno) from None
     for index, record in enumerate(data, start=1):
         if not isinstance(record, dict):
             raise DataError(

@@ -110,8 +110,10 @@ def _content(value: Any, field: str) -> str:
         for j, part in enumerate(value):
             if isinstance(part, str):
                 texts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(
-                part.get("text"), str
+            elif (
+                isinstance(part, dict)
+                and part.get("type", "text") == "text"
+                and isinstance(part.get("text"), str)
             ):
                 texts.append(part["text"])
             else:
@@ -139,9 +141,7 @@ def check_messages(value: Any, field: str) -> list[Message]:
     for i, msg in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(msg, dict):
-            raise _fail(
-                where, f"expected a message object with 'role' and 'content', got {type_name(msg)}"
-            )
+            raise _fail(where, f"expected a message object with 'role' and 'content', got {type_name(msg)}")
         if _missing(msg, "role"):
             raise _fail(f"{where}.role", "missing field")
         role = msg["role"]
@@ -200,7 +200,7 @@ def _strip_prompt_prefix(prompt: Text, response: Text) -> Text:
     if isinstance(response, list):
         head = _as_messages(prompt)
         if len(response) > len(head) and response[: len(head)] == head:
-            return response[len(head):]
+            return response[len(head) :]
     return response
 
 
@@ -216,9 +216,7 @@ def _split_conversation(msgs: list[Message], field: str) -> tuple[list[Message],
         raise _fail(field, "no assistant turn (SFT needs at least one assistant message)")
     if first_ctx is None:
         raise _fail(field, "no system/user/tool message before the assistant turn")
-    start = next(
-        (i for i in range(first_ctx, len(msgs)) if msgs[i]["role"] == "assistant"), None
-    )
+    start = next((i for i in range(first_ctx, len(msgs)) if msgs[i]["role"] == "assistant"), None)
     if start is None:
         raise _fail(field, "no assistant turn after the first user/system/tool message")
     _check_response_messages(msgs[start:], field, offset=start)

@@ -1,0 +1,77 @@
+"""The PPO critic: per-token values and its own optimizer. Kept separate from
+the policy so it can be placed, sized and checkpointed on its own."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hbat.actors.experience import Experience
+from hbat.actors.training import (
+    OptimSettings,
+    build_optimizer,
+    clip_and_step,
+    quiet_transformers,
+    seed_everything,
+)
+from hbat.models import critic_values, load_critic, resolve_device
+from hbat.objectives import masked_mean, ppo_value_loss
+
+
+class CriticWorker:
+    def __init__(self, model: str, *, dtype: str = "float32", device: str = "auto", seed: int = 0,
+                 torch_threads: int | None = None):
+        quiet_transformers()
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        seed_everything(seed)
+        self.device = resolve_device(device)
+        self.model = load_critic(model, dtype=dtype, device=self.device, trainable=True)
+        self.opt = self.sched = None
+        self.optim = OptimSettings()
+        self.total_steps = 1
+
+    def configure(self, optim: dict, total_steps: int) -> None:
+        self.optim = OptimSettings.from_dict(optim)
+        self.total_steps = total_steps
+        self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)
+
+    @torch.no_grad()
+    def values(self, exp: Experience) -> torch.Tensor:
+        self.model.eval()
+        e = exp.to(self.device)
+        out = critic_values(self.model, e.sequences, e.attention_mask).cpu()
+        self.model.train()
+        return out * exp.action_mask
+
+    def train_step(self, exp: Experience, clip_eps: float = 0.2) -> dict:
+        if self.opt is None:
+            raise RuntimeError("configure() must be called before train_step()")
+        self.model.train()
+        e = exp.to(self.device)
+        v = critic_values(self.model, e.sequences, e.attention_mask)
+        loss, clipfrac = ppo_value_loss(v, e.values, e.returns, e.action_mask, clip_eps)
+        loss.backward()
+        norm = clip_and_step(self.model, self.opt, self.sched, self.optim.grad_clip)
+        return {"critic/value_loss": loss.item(), "critic/clipfrac": float(clipfrac), "critic/grad_norm": norm,
+                "critic/value_mean": float(masked_mean(v.detach(), e.action_mask))}
+
+    def save_state(self, path: str) -> str:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
+                    "sched": self.sched.state_dict() if self.sched else None,
+                    "optim": self.optim.__dict__, "total_steps": self.total_steps}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_state(self, path: str) -> None:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(st["model"])
+        if st["opt"] is not None:
+            self.configure(st["optim"], st["total_steps"])
+            self.opt.load_state_dict(st["opt"])
+            self.sched.load_state_dict(st["sched"])
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,130 @@
+"""Reward: a learned Bradley-Terry model, rule-based plug-ins, or both.
+
+Rule-based (verifiable) rewards are plain functions users register by import
+path ``"package.module:function"``; each is called as
+``fn(prompt: str, response: str, meta: dict) -> float``. The final score is
+``model_weight * model_score + rule_weight * sum(rules)``.
+The same worker also trains the reward model (a run-to-completion stage) so
+the scoring replica and the trained weights are one object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from hbat.actors.experience import Experience
+from hbat.actors.training import (
+    OptimSettings,
+    build_optimizer,
+    clip_and_step,
+    quiet_transformers,
+    seed_everything,
+    to_device,
+)
+from hbat.models import load_reward_model, load_tokenizer, resolve_device, reward_scores, save_checkpoint
+from hbat.objectives import bradley_terry_loss
+
+RuleFn = Callable[[str, str, dict], float]
+
+
+def load_rule(path: str) -> RuleFn:
+    """Import ``"pkg.module:fn"``; errors say which part is wrong."""
+    if ":" not in path:
+        raise ValueError(f"rule reward '{path}' must look like 'package.module:function'")
+    mod_name, fn_name = path.split(":", 1)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ValueError(f"rule reward '{path}': cannot import module '{mod_name}' ({exc})") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"rule reward '{path}': '{fn_name}' is not a function in '{mod_name}'")
+    return fn
+
+
+class RewardWorker:
+    def __init__(
+        self,
+        model: str | None,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        rules: list[str] | None = None,
+        rule_weight: float = 1.0,
+        model_weight: float = 1.0,
+        trainable: bool = False,
+        seed: int = 0,
+        torch_threads: int | None = None,
+    ):
+        quiet_transformers()
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        seed_everything(seed)
+        self.device = resolve_device(device)
+        self.model = None
+        self.tokenizer = None
+        if model is not None:
+            self.model = load_reward_model(model, dtype=dtype, device=self.device, trainable=trainable)
+            self.tokenizer = load_tokenizer(model)
+        self.rules = [load_rule(r) for r in (rules or [])]
+        self.rule_weight, self.model_weight = rule_weight, model_weight
+        if self.model is None and not self.rules:
+            raise ValueError("a reward needs a model, rule functions, or both")
+
+    @torch.no_grad()
+    def score(self, exp: Experience) -> torch.Tensor:
+        """Scalar score per row [N] (CPU, fp32)."""
+        total = torch.zeros(len(exp))
+        if self.model is not None:
+            self.model.eval()
+            e = exp.to(self.device)
+            total += self.model_weight * reward_scores(self.model, e.sequences, e.attention_mask).cpu()
+        if self.rules:
+            meta = exp.meta or [{}] * len(exp)
+            rule = torch.tensor([
+                sum(float(fn(p, r, m)) for fn in self.rules)
+                for p, r, m in zip(exp.prompt_text, exp.response_text, meta)
+            ])
+            total += self.rule_weight * rule
+        return total
+
+    @torch.no_grad()
+    def score_batch(self, batch: dict) -> torch.Tensor:
+        """Model score for a collated batch (evaluation, pairwise accuracy)."""
+        b = to_device(batch, self.device)
+        return reward_scores(self.model, b["input_ids"], b["attention_mask"]).cpu()
+
+    # -- training (Bradley-Terry) ----------------------------------------------
+    def begin_training(self, optim: dict, total_steps: int) -> None:
+        self.optim = OptimSettings.from_dict(optim)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)
+
+    def train_step(self, batch: dict) -> dict:
+        """One BT step on a ``collate_pairwise`` batch (chosen rows, then rejected rows)."""
+        self.model.train()
+        b = to_device(batch, self.device)
+        scores = reward_scores(self.model, b["input_ids"], b["attention_mask"])
+        n = scores.shape[0] // 2
+        loss, acc = bradley_terry_loss(scores[:n], scores[n:])
+        loss.backward()
+        norm = clip_and_step(self.model, self.opt, self.sched, self.optim.grad_clip)
+        return {"rm/loss": loss.item(), "rm/accuracy": float(acc), "rm/grad_norm": norm,
+                "rm/margin": float((scores[:n] - scores[n:]).detach().mean())}
+
+    def end_training(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.opt = self.sched = None
+
+    def save_pretrained(self, path: str) -> str:
+        save_checkpoint(self.model, self.tokenizer, path)
+        return path
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,122 @@
+"""Optimizer, schedule and RNG plumbing shared by the trainable actors
+(policy, critic, reward), so every role steps and checkpoints the same way."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class OptimSettings:
+    """Mirror of ``orchestrator.config.OptimConfig`` as a plain dataclass, so the
+    actors never import the driver's config."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    scheduler: str = "constant"
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "OptimSettings":
+        d = dict(d or {})
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+def build_optimizer(model: torch.nn.Module, s: OptimSettings, total_steps: int):
+    """AdamW over trainable parameters + a warm-up then constant/cosine/linear schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
+    total = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if s.warmup_steps and step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        progress = min(1.0, (step - s.warmup_steps) / max(1, total - s.warmup_steps))
+        if s.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if s.scheduler == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, sched
+
+
+def clip_and_step(model, opt, sched, grad_clip: float) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def split_micro(batch: dict, n: int, paired: bool = False) -> list[dict]:
+    """Split a dict of [B, ...] tensors (and lists) into ``n`` near-equal micro-batches.
+
+    ``paired``: rows are [chosen B | rejected B] (``collate_pairwise``); each
+    micro-batch keeps pairs together and the same layout.
+    """
+    size = next(len(v) for v in batch.values() if isinstance(v, (torch.Tensor, list)))
+    units = size // 2 if paired else size
+    n = max(1, min(n, units))
+    if n == 1:
+        return [batch]
+    bounds = [round(i * units / n) for i in range(n + 1)]
+    out = []
+    for i in range(n):
+        idx = list(range(bounds[i], bounds[i + 1]))
+        if paired:
+            idx = idx + [units + j for j in idx]
+        part = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size:
+                part[k] = v[idx]
+            elif isinstance(v, list) and len(v) == size:
+                part[k] = [v[j] for j in idx]
+            else:
+                part[k] = v
+        if paired and "num_pairs" in part:
+            part["num_pairs"] = len(idx) // 2
+        out.append(part)
+    return out
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def quiet_transformers() -> None:
+    """Actors log through the driver; silence per-load reports and bars."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,55 @@
+"""Turn a scored experience batch into PPO targets on the driver.
+
+Kept out of the actors: it needs the outputs of four roles at once (policy and
+reference log-probs, reward scores, critic values) and is cheap tensor math.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hbat.actors.experience import Experience
+from hbat.objectives import (
+    gae_advantages,
+    group_relative_advantages,
+    kl_estimate,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    normalize_scores,
+)
+
+
+def compute_targets(exp: Experience, ppo, group_size: int) -> tuple[Experience, dict]:
+    """Fill token_rewards, advantages, returns; return stats for logging.
+
+    ``gae``: per-token rewards = -kl_coef * KL + score at the last token, then
+    GAE with the critic's values. ``grpo``/``rloo``: the KL-penalised sequence
+    score is compared within each prompt's group; no critic needed.
+    """
+    mask = exp.action_mask
+    raw = exp.scores
+    scores = normalize_scores(raw, clip=ppo.score_clip, whiten=ppo.whiten_scores)
+    kl = kl_estimate(exp.logprobs, exp.ref_logprobs, ppo.kl_estimator) * mask
+    if ppo.advantage == "gae":
+        token_rewards = kl_penalized_rewards(scores, exp.logprobs, exp.ref_logprobs, mask, ppo.kl_coef, ppo.kl_estimator)
+        adv, ret = gae_advantages(token_rewards, exp.values, mask, ppo.gamma, ppo.lam)
+    else:
+        seq = scores - ppo.kl_coef * masked_sum(kl, mask, dim=1)
+        seq_adv = group_relative_advantages(seq, group_size, method=ppo.advantage)
+        adv = seq_adv[:, None] * mask
+        ret = adv.clone()
+        token_rewards = torch.zeros_like(adv)
+    if ppo.normalize_advantages:
+        adv = masked_whiten(adv, mask) * mask
+    stats = {
+        "ppo/score": float(raw.mean()),
+        "ppo/score_std": float(raw.std()) if len(raw) > 1 else 0.0,
+        "ppo/kl": float(masked_sum(kl, mask, dim=1).mean()),
+        "ppo/response_len": float(mask.sum(1).float().mean()),
+        "ppo/advantage_mean": float(masked_mean(adv, mask)),
+    }
+    if exp.values is not None and ppo.advantage == "gae":
+        stats["ppo/value_mean"] = float(masked_mean(exp.values, mask))
+    return exp.with_fields(token_rewards=token_rewards, advantages=adv, returns=ret), stats

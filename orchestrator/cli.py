@@ -1,0 +1,133 @@
+"""``hbat`` command line: train, train-rm, generate, make-demo-data, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _train(args) -> int:
+    from hbat.orchestrator.config import load_config
+    from hbat.orchestrator.driver import train
+
+    cfg = load_config(args.config, args.overrides)
+    if args.train_rm_only:
+        cfg.schedule.name = cfg.schedule.name  # validated already
+    summary = train(cfg, resume=args.resume) if not args.train_rm_only else _train_rm(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_rm(cfg) -> dict:
+    from hbat.orchestrator.driver import Driver
+
+    driver = Driver(cfg)
+    driver.load_data()
+    if driver.pairs is None:
+        from hbat.orchestrator.config import ConfigError
+
+        raise ConfigError("train-rm needs data.preference")
+    from hbat.orchestrator.metrics import MetricsLogger
+
+    driver.metrics = MetricsLogger(driver.run_dir, cfg.logging.tensorboard)
+    driver.roles = ["reward"]
+    import ray
+
+    from hbat.orchestrator.placement import Placement
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.resources.address, num_cpus=cfg.resources.num_cpus, include_dashboard=False)
+    driver.placement = Placement(cfg.resources, ["reward"])
+    try:
+        path = driver.train_reward_model()
+    finally:
+        driver.metrics.close()
+        driver.shutdown()
+    return {"reward_model": path}
+
+
+def _generate(args) -> int:
+    from hbat.actors.rollout import RolloutWorker
+    from hbat.actors.sampling import SamplingSettings
+
+    worker = RolloutWorker(args.model, backend=args.backend)
+    sampling = SamplingSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, n=1, seed=0)
+    for prompt, outs in zip(args.prompt, worker.generate_text(args.prompt, sampling)):
+        print(f"> {prompt}\n{outs[0]}\n")
+    return 0
+
+
+def _make_demo(args) -> int:
+    from hbat.orchestrator.demo_data import make_demo_data
+
+    for name, path in make_demo_data(args.out, seed=args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _not_yet(name: str, issue: int):
+    def run(args) -> int:
+        print(f"hbat {name}: not yet available (tracked in issue #{issue})", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hbat", description="Ray-based RLHF with Hybrid Alignment Training")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run a schedule (hbat, two_stage, ptx, joint, alternating, sft_only)")
+    t.add_argument("--config", required=True, help="YAML config (see configs/)")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.rounds=4 ppo.kl_coef=0.1")
+    t.set_defaults(func=_train, train_rm_only=False)
+
+    r = sub.add_parser("train-rm", help="train only the Bradley-Terry reward model on data.preference")
+    r.add_argument("--config", required=True)
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(func=_train, train_rm_only=True, resume=False)
+
+    g = sub.add_parser("generate", help="generate answers with a model or checkpoint")
+    g.add_argument("--model", default="smollm2-135m")
+    g.add_argument("--prompt", action="append", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    g.set_defaults(func=_generate)
+
+    d = sub.add_parser("make-demo-data", help="write the built-in demo task (deterministic)")
+    d.add_argument("--out", default="data/demo")
+    d.add_argument("--seed", type=int, default=1234)
+    d.set_defaults(func=_make_demo)
+
+    try:
+        from hbat.deploy.cli import register as register_serve
+
+        register_serve(sub)
+    except ImportError:
+        sub.add_parser("serve", help="serve a checkpoint (issue #5)").set_defaults(func=_not_yet("serve", 5))
+    for name in ("eval", "compare"):
+        sub.add_parser(name, help=f"{name} (issue #4)").set_defaults(func=_not_yet(name, 4))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    from hbat.orchestrator.config import ConfigError
+    from hbat.orchestrator.data import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

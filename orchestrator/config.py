@@ -1,0 +1,308 @@
+"""The one validated config tree (pydantic). Each section belongs to one
+component; unknown keys and bad values fail before any actor starts, with the
+dotted key in the message. The resolved tree is saved in the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad config: names the file and the dotted key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(Section):
+    """Which weights each role loads. ``reward: null`` trains one first."""
+
+    policy: str = "smollm2-135m"
+    reference: str | None = None  # default: same as policy
+    reward: str | None = None  # a trained reward checkpoint; None -> stage reward_model trains one
+    critic: str | None = None  # default: the reward model if any, else the policy
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(Section):
+    sft: str | None = None  # prompt/response or messages
+    preference: str | None = None  # prompt/chosen/rejected (DPO family, RM training)
+    pointwise: str | None = None  # prompt/response/label (pointwise_dpo, ulma)
+    prompts: str | None = None  # prompts for PPO rollouts
+    eval_sft: str | None = None  # held-out demonstrations: eval/sft_loss after each phase
+    eval_prompts: str | None = None  # held-out prompts: eval/reward of greedy answers after each phase
+    max_prompt_len: int = Field(256, gt=0)
+    max_len: int = Field(512, gt=0)
+    chat_template: bool = True
+    on_overlong: Literal["error", "truncate", "skip"] = "error"
+    limit: int | None = Field(None, gt=0)
+
+
+class RoleResources(Section):
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    replicas: int = Field(1, ge=1)
+
+
+class ResourcesConfig(Section):
+    """Placement: one placement-group bundle per colocation group (DESIGN §5)."""
+
+    address: str | None = None  # None -> local Ray
+    num_cpus: int | None = None  # for local Ray
+    policy: RoleResources = RoleResources(num_cpus=0.4)
+    reference: RoleResources = RoleResources(num_cpus=0.2)
+    reward: RoleResources = RoleResources(num_cpus=0.2)
+    critic: RoleResources = RoleResources(num_cpus=0.2)
+    rollout: RoleResources = RoleResources(num_cpus=0.2)
+    colocate: list[list[Literal["policy", "reference", "reward", "critic", "rollout"]]] = []
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    torch_threads: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _colocate_once(self):
+        seen: set[str] = set()
+        for group in self.colocate:
+            for role in group:
+                if role in seen:
+                    raise ValueError(f"role '{role}' appears in two colocate groups")
+                seen.add(role)
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(0, ge=0)
+    scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: float = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+
+
+class SFTConfig(Section):
+    batch_size: int = Field(8, gt=0)
+    steps_per_phase: int | None = Field(None, gt=0)  # None -> one pass over the shard
+    optim: OptimConfig = OptimConfig(lr=2e-5)
+
+
+class RewardModelConfig(Section):
+    """Stage: Bradley-Terry reward-model training on ``data.preference``."""
+
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    optim: OptimConfig = OptimConfig(lr=1e-5)
+    rule_rewards: list[str] = []  # import paths "pkg.module:fn" added to the model score
+    rule_weight: float = 1.0
+    model_weight: float = 1.0
+
+
+class PPOConfig(Section):
+    prompts_per_step: int = Field(8, gt=0)
+    steps_per_phase: int | None = Field(None, gt=0)  # None -> one pass over the prompt shard
+    samples_per_prompt: int = Field(1, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    ppo_epochs: int = Field(1, gt=0)
+    mini_batch_size: int = Field(8, gt=0)
+    clip_eps: float = Field(0.2, gt=0)
+    value_clip_eps: float = Field(0.2, gt=0)
+    kl_coef: float = Field(0.05, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    advantage: Literal["gae", "grpo", "rloo"] = "gae"
+    whiten_scores: bool = False
+    score_clip: float | None = Field(None, gt=0)
+    normalize_advantages: bool = True
+    optim: OptimConfig = OptimConfig(lr=1e-6)
+    critic_optim: OptimConfig = OptimConfig(lr=5e-6)
+
+    @model_validator(mode="after")
+    def _group_baselines_need_groups(self):
+        if self.advantage in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            raise ValueError(f"advantage '{self.advantage}' needs samples_per_prompt >= 2")
+        return self
+
+
+class DPOConfig(Section):
+    loss: str = "dpo"  # a name from hbat.objectives registry
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    batch_size: int = Field(8, gt=0)
+    steps_per_phase: int | None = Field(None, gt=0)
+    curriculum: bool = False  # order pairs easy -> hard by "margin"/"quality_gap" field
+    optim: OptimConfig = OptimConfig(lr=5e-7)
+
+
+class EWCConfig(Section):
+    """HBAT's modified EWC (DESIGN §2)."""
+
+    method: Literal["modified", "fisher", "none"] = "modified"
+    strength: float = Field(1.0, ge=0)  # lambda
+    normalize: Literal["max", "softmax", "rank"] = "max"
+    max_weight: float = Field(1.0, gt=0)  # paper's ewc_max_weight
+    fisher_batches: int = Field(4, gt=0)
+
+
+class ScheduleConfig(Section):
+    name: Literal["hbat", "alternating", "two_stage", "ptx", "joint", "sft_only"] = "hbat"
+    preference: Literal["ppo", "dpo"] = "ppo"
+    rounds: int = Field(10, gt=0)  # T in the paper
+    sft_warmup_steps: int = Field(0, ge=0)
+    mix_coef: float = Field(0.5, ge=0)  # ptx / joint: weight of the SFT term
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "hbat"
+    log_every: int = Field(1, gt=0)
+    progress: bool = True
+
+
+class RunConfig(Section):
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0 -> only after each phase
+
+
+class RolloutConfig(Section):
+    """Generation backend: transformers ``generate`` on CPU, vLLM on GPU."""
+
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    vllm: dict[str, Any] = {}  # passed to vllm.LLM (gpu_memory_utilization, tensor_parallel_size, ...)
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    sft: SFTConfig = SFTConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
+    ppo: PPOConfig = PPOConfig()
+    dpo: DPOConfig = DPOConfig()
+    ewc: EWCConfig = EWCConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _data_for_schedule(self):
+        d, s = self.data, self.schedule
+        if not d.sft:
+            raise ValueError(f"schedule '{s.name}' needs data.sft")
+        if s.name != "sft_only":
+            if s.preference == "ppo" and not d.prompts:
+                raise ValueError("schedule.preference 'ppo' needs data.prompts")
+            if s.preference == "dpo" and not (d.preference or d.pointwise):
+                raise ValueError("schedule.preference 'dpo' needs data.preference or data.pointwise")
+            if s.preference == "ppo" and self.model.reward is None and not d.preference:
+                raise ValueError("PPO needs model.reward or data.preference to train a reward model")
+        if d.max_prompt_len >= d.max_len:
+            raise ValueError("data.max_prompt_len must be smaller than data.max_len")
+        return self
+
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``key.sub=value`` strings; values are parsed as YAML (numbers, bools, lists)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from None
+        out.append((key, value))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML, apply ``key=value`` overrides, validate; errors name the key."""
+    tree: dict = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        base = p.parent
+        _resolve_relative_paths(tree, base)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    return validate_config(tree, source)
+
+
+def validate_config(tree: dict, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"  {key}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None
+
+
+_PATH_KEYS = {"data": ("sft", "preference", "pointwise", "prompts", "eval_sft", "eval_prompts")}
+
+
+def _resolve_relative_paths(tree: dict, base: Path) -> None:
+    """Data paths in a YAML file are relative to the repo/cwd if they exist there,
+    else to the config file's folder."""
+    for section, keys in _PATH_KEYS.items():
+        node = tree.get(section)
+        if not isinstance(node, dict):
+            continue
+        for k in keys:
+            v = node.get(k)
+            if isinstance(v, str) and not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists():
+                node[k] = str(base / v)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

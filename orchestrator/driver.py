@@ -1,0 +1,430 @@
+"""The single controller: reads top to bottom like the training recipe.
+
+validate config and data -> start Ray and place the roles -> (train a reward
+model) -> execute the schedule's phases in order, checkpointing after each ->
+export the final policy. The driver talks to actors only through their public
+methods; data moves as tensors, dataclasses and Ray object refs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from hbat.actors.critic import CriticWorker
+from hbat.actors.experience import Experience
+from hbat.actors.policy import LossPart, PolicyWorker
+from hbat.actors.reference import ReferenceWorker
+from hbat.actors.reward import RewardWorker, load_rule
+from hbat.actors.rollout import RolloutWorker
+from hbat.actors.sampling import SamplingSettings
+from hbat.models import load_tokenizer
+from hbat.models.atomic import atomic_write_bytes
+from hbat.objectives import get_preference_loss
+from hbat.orchestrator.advantages import compute_targets
+from hbat.orchestrator.checkpoint import CheckpointManager, RunState
+from hbat.orchestrator.config import Config, ConfigError, dump_config
+from hbat.orchestrator.data import (
+    PairwiseDataset,
+    PointwiseDataset,
+    PromptDataset,
+    SFTDataset,
+    collate_pairwise,
+    collate_pointwise,
+    collate_prompts,
+    collate_sft,
+)
+from hbat.orchestrator.metrics import MetricsLogger
+from hbat.orchestrator.placement import Placement
+from hbat.orchestrator.schedules import SCHEDULES, Phase
+
+log = logging.getLogger("hbat")
+
+_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+class Driver:
+    def __init__(self, cfg: Config, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir()
+        self.resume = resume
+        self.ckpt = CheckpointManager(self.run_dir)
+        self.state = RunState()
+        self.plan: list[Phase] = SCHEDULES[cfg.schedule.name](cfg)
+        self._validate_names()
+
+    # ------------------------------------------------------------------ setup
+    def _validate_names(self) -> None:
+        """Fail on bad names before any actor or data load."""
+        try:
+            self.pref_spec = get_preference_loss(self.cfg.dpo.loss)
+        except ValueError as exc:
+            raise ConfigError(f"dpo.loss: {exc}") from None
+        for path in self.cfg.reward_model.rule_rewards:
+            try:
+                load_rule(path)
+            except ValueError as exc:
+                raise ConfigError(f"reward_model.rule_rewards: {exc}") from None
+        if self.resume and self.ckpt.latest() is None:
+            raise ConfigError(f"--resume: no checkpoint in {self.ckpt.root}")
+        if self.cfg.resources.policy.replicas > 1 or self.cfg.resources.critic.replicas > 1:
+            raise ConfigError(
+                "resources.policy.replicas / resources.critic.replicas > 1: data-parallel policy and critic "
+                "training is not available yet; scale rollout/reference/reward replicas instead"
+            )
+
+    def load_data(self) -> None:
+        """Tokenise and validate every file up front (bad data fails before Ray starts)."""
+        c, d = self.cfg, self.cfg.data
+        self.tokenizer = load_tokenizer(c.model.policy)
+        self.pad_id = self.tokenizer.pad_token_id
+        opts = dict(max_prompt_len=d.max_prompt_len, max_len=d.max_len, chat_template=d.chat_template,
+                    on_overlong=d.on_overlong, limit=d.limit)
+        self.sft = SFTDataset.from_file(d.sft, self.tokenizer, **opts) if d.sft else None
+        self.pairs = PairwiseDataset.from_file(d.preference, self.tokenizer, **opts) if d.preference else None
+        self.points = PointwiseDataset.from_file(d.pointwise, self.tokenizer, **opts) if d.pointwise else None
+        self.prompts = PromptDataset.from_file(d.prompts, self.tokenizer, **opts) if d.prompts else None
+        self.eval_sft = SFTDataset.from_file(d.eval_sft, self.tokenizer, **opts) if d.eval_sft else None
+        self.eval_prompts = PromptDataset.from_file(d.eval_prompts, self.tokenizer, **opts) if d.eval_prompts else None
+        if c.schedule.preference == "dpo" and c.schedule.name != "sft_only":
+            need = self.points if self.pref_spec.kind == "pointwise" else self.pairs
+            if need is None:
+                key = "data.pointwise" if self.pref_spec.kind == "pointwise" else "data.preference"
+                raise ConfigError(f"dpo.loss '{c.dpo.loss}' is {self.pref_spec.kind}: set {key}")
+        for name, ds in (("sft", self.sft), ("preference", self.pairs), ("pointwise", self.points), ("prompts", self.prompts)):
+            if ds is not None and len(ds) < c.schedule.rounds:
+                raise ConfigError(f"data.{name}: {len(ds)} records cannot be split into schedule.rounds={c.schedule.rounds} shards")
+
+    def start(self) -> None:
+        c = self.cfg
+        if not ray.is_initialized():
+            ray.init(address=c.resources.address, num_cpus=c.resources.num_cpus, include_dashboard=False,
+                     runtime_env={"env_vars": _WORKER_ENV}, log_to_driver=True)
+        roles = ["policy", "reference"]
+        ppo = c.schedule.preference == "ppo" and c.schedule.name != "sft_only"
+        if ppo:
+            roles += ["reward", "rollout"] + (["critic"] if c.ppo.advantage == "gae" else [])
+        elif self.eval_prompts is not None:
+            roles += ["rollout"] + (["reward"] if (c.model.reward or self.pairs is not None) else [])
+        self.roles = roles
+        self.placement = Placement(c.resources, roles)
+        m, threads = c.model, c.resources.torch_threads
+        lora = m.lora.model_dump() if m.lora else None
+        self.policy = self.placement.spawn("policy", PolicyWorker, m.policy, dtype=m.dtype, lora=lora,
+                                           gradient_checkpointing=m.gradient_checkpointing, seed=c.run.seed,
+                                           torch_threads=threads)
+        self.reference = self.placement.spawn("reference", ReferenceWorker, m.reference or m.policy,
+                                              dtype=m.dtype, torch_threads=threads)
+        self.rollout = self.placement.spawn("rollout", RolloutWorker, m.policy, backend=c.rollout.backend,
+                                            dtype=m.dtype, vllm_kwargs=c.rollout.vllm) if "rollout" in roles else None
+        self.reward = self.critic = None
+        ray.get(self.policy.call("ping") + self.reference.call("ping"))
+
+    # -------------------------------------------------------------- stages
+    def train_reward_model(self, bar: bool = True) -> str:
+        """Bradley-Terry training on data.preference; saves a HF folder once."""
+        c, rm = self.cfg, self.cfg.reward_model
+        out = self.run_dir / "reward_model"
+        if (out / "config.json").exists():
+            return str(out)
+        worker = self.placement.spawn("reward", RewardWorker, c.model.policy, dtype=c.model.dtype, trainable=True,
+                                      seed=c.run.seed, torch_threads=c.resources.torch_threads)
+        n_batches = -(-len(self.pairs) // rm.batch_size)
+        total = min(rm.max_steps or n_batches * rm.epochs, n_batches * rm.epochs)
+        ray.get(worker.call("begin_training", rm.optim.model_dump(), total))
+        step = 0
+        with tqdm(total=total, desc="reward model", disable=not c.logging.progress) as pbar:
+            for epoch in range(rm.epochs):
+                order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(c.run.seed + epoch))
+                for i in range(0, len(order), rm.batch_size):
+                    if step >= total:
+                        break
+                    batch = collate_pairwise([self.pairs[j] for j in order[i:i + rm.batch_size].tolist()], self.pad_id)
+                    stats = ray.get(worker.first("train_step", batch))
+                    self.metrics.log(step, stats, phase="reward_model")
+                    pbar.update(1)
+                    pbar.set_postfix(loss=f"{stats['rm/loss']:.3f}", acc=f"{stats['rm/accuracy']:.2f}")
+                    step += 1
+        ray.get(worker.call("end_training"))
+        ray.get(worker.first("save_pretrained", str(out)))
+        for a in worker.actors:
+            ray.kill(a)
+        return str(out)
+
+    def start_scorers(self) -> None:
+        """Reward and critic actors, after a reward model exists."""
+        c = self.cfg
+        if "reward" not in self.roles:
+            return
+        rm_path = c.model.reward or self.state.reward_model
+        self.reward = self.placement.spawn(
+            "reward", RewardWorker, rm_path, dtype=c.model.dtype, rules=c.reward_model.rule_rewards,
+            rule_weight=c.reward_model.rule_weight, model_weight=c.reward_model.model_weight,
+            torch_threads=c.resources.torch_threads)
+        if "critic" in self.roles:
+            self.critic = self.placement.spawn("critic", CriticWorker, c.model.critic or rm_path or c.model.policy,
+                                               dtype=c.model.dtype, seed=c.run.seed,
+                                               torch_threads=c.resources.torch_threads)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> dict:
+        c = self.cfg
+        self.load_data()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.run_dir / "config.yaml", dump_config(c).encode())
+        self.metrics = MetricsLogger(self.run_dir, c.logging.tensorboard, c.logging.wandb, c.logging.wandb_project,
+                                     c.model_dump(mode="json"), c.run.name)
+        resumed = self.ckpt.latest() if self.resume else None
+        if resumed:
+            self.state = resumed[0]
+        self.start()
+        try:
+            if "reward" in self.roles and c.model.reward is None and self.state.reward_model is None:
+                self.state.reward_model = self.train_reward_model()
+            self.start_scorers()
+            if resumed:
+                self._load_actor_states(resumed[1])
+                log.info("resumed at phase %d step %d", self.state.phase_index, self.state.step_in_phase)
+            if self.critic is not None:
+                ray.get(self.critic.call("configure", c.ppo.critic_optim.model_dump(), self._critic_total_steps()))
+                if resumed and (resumed[1] / "critic.pt").exists():
+                    ray.get(self.critic.first("load_state", str(resumed[1] / "critic.pt")))
+            self._sync_rollout()
+            t0 = time.time()
+            while self.state.phase_index < len(self.plan):
+                self._run_phase(self.state.phase_index, self.plan[self.state.phase_index])
+            final = self.run_dir / "final"
+            ray.get(self.policy.first("save_pretrained", str(final)))
+            self.state.finished = True
+            summary = {"final_checkpoint": str(final), "global_steps": self.state.global_step,
+                       "phases": len(self.plan), "wall_s": round(time.time() - t0, 1),
+                       **{k: v for k, v in self.last_eval.items()}}
+            atomic_write_bytes(self.run_dir / "summary.json", __import__("json").dumps(summary, indent=2).encode())
+            self._plot()
+            return summary
+        finally:
+            self.metrics.close()
+
+    last_eval: dict = {}
+
+    def _critic_total_steps(self) -> int:
+        return max(1, sum(self._phase_steps(p) for p in self.plan if p.kind == "preference")) * self.cfg.ppo.ppo_epochs
+
+    # -------------------------------------------------------------- phases
+    def _shard(self, ds, phase: Phase):
+        return ds.shard(phase.num_shards, phase.shard)
+
+    def _phase_data(self, phase: Phase):
+        c = self.cfg
+        if phase.kind == "sft":
+            return self._shard(self.sft, phase), c.sft.batch_size
+        if c.schedule.preference == "ppo":
+            return self._shard(self.prompts, phase), c.ppo.prompts_per_step
+        ds = self.points if self.pref_spec.kind == "pointwise" else self.pairs
+        return self._shard(ds, phase), c.dpo.batch_size
+
+    def _phase_steps(self, phase: Phase) -> int:
+        c = self.cfg
+        data, bs = self._phase_data(phase)
+        fixed = c.sft.steps_per_phase if phase.kind == "sft" else (
+            c.ppo.steps_per_phase if c.schedule.preference == "ppo" else c.dpo.steps_per_phase)
+        return fixed or max(1, -(-len(data) // bs))
+
+    def _batch_indices(self, n: int, bs: int, phase_index: int, step: int) -> list[int]:
+        """Deterministic per (seed, phase, step) so a resumed run sees the same batches."""
+        epoch, offset = divmod(step * bs, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed * 1000 + phase_index * 31 + epoch))
+        idx = perm[offset:offset + bs].tolist()
+        if len(idx) < bs and n >= bs:
+            perm2 = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed * 1000 + phase_index * 31 + epoch + 1))
+            idx += perm2[: bs - len(idx)].tolist()
+        return idx
+
+    def _run_phase(self, index: int, phase: Phase) -> None:
+        c = self.cfg
+        total = self._phase_steps(phase)
+        data, bs = self._phase_data(phase)
+        optim = (c.sft.optim if phase.kind == "sft" else (c.ppo.optim if c.schedule.preference == "ppo" else c.dpo.optim))
+        if self.state.step_in_phase == 0:
+            ray.get(self.policy.call("begin_phase", phase.kind, optim.model_dump(), total, phase.anchor))
+            self.metrics.phase_boundary(self.state.global_step, index, phase.name)
+        sft_shard = self._shard(self.sft, phase) if phase.sft_mix else None
+        desc = f"phase {index + 1}/{len(self.plan)} {phase.name}"
+        with tqdm(total=total, initial=self.state.step_in_phase, desc=desc, disable=not c.logging.progress) as pbar:
+            while self.state.step_in_phase < total:
+                step = self.state.step_in_phase
+                t = time.time()
+                idx = self._batch_indices(len(data), bs, index, step)
+                examples = [data[i] for i in idx]
+                mix = None
+                if sft_shard is not None:
+                    sidx = self._batch_indices(len(sft_shard), c.sft.batch_size, index + 10_000, step)
+                    mix = LossPart("sft", collate_sft([sft_shard[i] for i in sidx], self.pad_id), weight=phase.sft_mix)
+                if phase.kind == "sft":
+                    stats = ray.get(self.policy.first("train_step", [LossPart("sft", collate_sft(examples, self.pad_id))]))
+                elif c.schedule.preference == "ppo":
+                    stats = self._ppo_step(examples, index, step, mix)
+                else:
+                    stats = self._dpo_step(examples, mix)
+                stats["time/step_s"] = time.time() - t
+                self.state.step_in_phase += 1
+                self.state.global_step += 1
+                self.metrics.log(self.state.global_step, stats, phase=phase.name)
+                pbar.update(1)
+                pbar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
+                                  if k in ("sft/loss", "pref/loss", "ppo/score", "ppo/kl", "ewc/penalty")})
+                every = c.run.checkpoint_every
+                if every and self.state.step_in_phase % every == 0 and self.state.step_in_phase < total:
+                    self._checkpoint()
+        ewc = c.ewc.model_dump(exclude={"fisher_batches"}) if phase.record_anchor else {"method": "none"}
+        fisher = self._fisher_batches(phase, data) if phase.record_anchor and c.ewc.method == "fisher" else None
+        end_stats = ray.get(self.policy.first("end_phase", ewc, fisher))
+        eval_stats = self.evaluate()
+        self.metrics.log(self.state.global_step, {**end_stats, **eval_stats}, phase=phase.name)
+        self.state.completed_phases.append(phase.name)
+        self.state.phase_index += 1
+        self.state.step_in_phase = 0
+        self._checkpoint()
+
+    def _fisher_batches(self, phase: Phase, data) -> list:
+        n, bs = self.cfg.ewc.fisher_batches, self.cfg.sft.batch_size
+        if phase.kind == "sft":
+            return [collate_sft([data[i] for i in self._batch_indices(len(data), bs, -1, k)], self.pad_id) for k in range(n)]
+        if self.cfg.schedule.preference == "dpo":
+            # Fisher of the chosen responses' likelihood: the preferred behaviour to keep
+            out = []
+            for k in range(n):
+                ex = [data[i] for i in self._batch_indices(len(data), bs, -1, k)]
+                if "chosen_input_ids" in ex[0]:
+                    ex = [{"input_ids": e["chosen_input_ids"], "loss_mask": e["chosen_loss_mask"]} for e in ex]
+                out.append(collate_sft(ex, self.pad_id))
+            return out
+        exp = self._rollout([data[i] for i in self._batch_indices(len(data), bs, -1, 0)], seed=-1, greedy=False)
+        return exp.minibatches(max(1, len(exp) // n))
+
+    # ------------------------------------------------------------- DPO step
+    def _dpo_step(self, examples: list[dict], mix: LossPart | None) -> dict:
+        c = self.cfg
+        kind = self.pref_spec.kind
+        batch = collate_pairwise(examples, self.pad_id) if kind == "pairwise" else collate_pointwise(examples, self.pad_id)
+        batch["ref_logps"] = ray.get(self.reference.first("sequence_logps", batch))
+        options = {"loss": c.dpo.loss, "beta": c.dpo.beta}
+        if c.dpo.loss in ("dpo", "cdpo") and c.dpo.label_smoothing:
+            options["label_smoothing"] = c.dpo.label_smoothing
+        parts = [LossPart(kind, batch, options=options)] + ([mix] if mix else [])
+        return ray.get(self.policy.first("train_step", parts))
+
+    # ------------------------------------------------------------- PPO step
+    def _rollout(self, examples: list[dict], seed: int, greedy: bool = False, n: int | None = None) -> Experience:
+        c = self.cfg.ppo
+        sampling = SamplingSettings(temperature=0.0 if greedy else c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                    max_new_tokens=c.max_new_tokens, n=n or (1 if greedy else c.samples_per_prompt),
+                                    seed=seed)
+        k = len(self.rollout.actors)
+        bounds = [round(i * len(examples) / k) for i in range(k + 1)]
+        refs = []
+        for i, actor in enumerate(self.rollout.actors):
+            part = examples[bounds[i]:bounds[i + 1]]
+            if part:
+                refs.append(actor.generate.remote([e["prompt_ids"] for e in part], sampling,
+                                                  [e["prompt_text"] for e in part], [e["meta"] for e in part]))
+        return Experience.concat(ray.get(refs), self.pad_id)
+
+    def _ppo_step(self, examples: list[dict], phase_index: int, step: int, mix: LossPart | None) -> dict:
+        c = self.cfg.ppo
+        t = time.time()
+        exp = self._rollout(examples, seed=self.cfg.run.seed * 100_003 + phase_index * 1_009 + step)
+        gen_s = time.time() - t
+        exp_ref = ray.put(exp)
+        futures = {
+            "logprobs": self.policy.first("logprobs", exp_ref),
+            "ref_logprobs": self.reference.first("logprobs", exp_ref),
+            "scores": self.reward.first("score", exp_ref),
+        }
+        if self.critic is not None:
+            futures["values"] = self.critic.first("values", exp_ref)
+        exp = exp.with_fields(**dict(zip(futures, ray.get(list(futures.values())))))
+        exp, stats = compute_targets(exp, c, self.cfg.ppo.samples_per_prompt)
+        stats["time/generate_s"] = gen_s
+        stats["perf/gen_tokens_per_s"] = float(exp.action_mask.sum()) / max(gen_s, 1e-6)
+        gen = torch.Generator().manual_seed(self.cfg.run.seed + step)
+        agg: dict[str, list[float]] = {}
+        for _ in range(c.ppo_epochs):
+            for mb in exp.minibatches(c.mini_batch_size, gen):
+                parts = [LossPart("ppo", mb, options={"clip_eps": c.clip_eps})] + ([mix] if mix else [])
+                refs = [self.policy.first("train_step", parts)]
+                if self.critic is not None:
+                    refs.append(self.critic.first("train_step", mb, c.value_clip_eps))
+                for r in ray.get(refs):
+                    for k, v in r.items():
+                        agg.setdefault(k, []).append(v)
+        stats.update({k: sum(v) / len(v) for k, v in agg.items()})
+        self._sync_rollout()
+        return stats
+
+    def _sync_rollout(self) -> None:
+        """Push the policy's current weights to every rollout replica (by version)."""
+        if self.rollout is None:
+            return
+        version, weights = ray.get(self.policy.first("export_weights"))
+        wref = ray.put(weights)
+        ray.get(self.rollout.call("update_weights", version, wref))
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        """Per-phase probes: held-out SFT loss and mean reward of greedy answers."""
+        c, out = self.cfg, {}
+        if self.eval_sft is not None:
+            losses = []
+            for i in range(0, len(self.eval_sft), c.sft.batch_size):
+                batch = collate_sft([self.eval_sft[j] for j in range(i, min(i + c.sft.batch_size, len(self.eval_sft)))], self.pad_id)
+                losses.append((ray.get(self.policy.first("eval_sft_loss", batch)), batch["input_ids"].shape[0]))
+            out["eval/sft_loss"] = sum(l * n for l, n in losses) / sum(n for _, n in losses)
+        if self.eval_prompts is not None and self.rollout is not None and self.reward is not None:
+            self._sync_rollout()
+            exp = self._rollout(list(self.eval_prompts), seed=0, greedy=True)
+            scores = ray.get(self.reward.first("score", exp))
+            out["eval/reward"] = float(scores.mean())
+            out["eval/response_len"] = float(exp.action_mask.sum(1).float().mean())
+        self.last_eval = out
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> None:
+        def write(folder: Path) -> None:
+            refs = [self.policy.first("save_state", str(folder / "policy.pt"))]
+            if self.critic is not None:
+                refs.append(self.critic.first("save_state", str(folder / "critic.pt")))
+            ray.get(refs)
+        self.ckpt.save(self.state, write)
+
+    def _load_actor_states(self, folder: Path) -> None:
+        ray.get(self.policy.first("load_state", str(folder / "policy.pt")))
+
+    def _plot(self) -> None:
+        try:
+            from hbat.orchestrator.plots import plot_training_curves
+
+            plot_training_curves(self.run_dir)
+        except Exception as exc:  # a plot must never fail a finished run
+            log.warning("could not draw training curves: %s", exc)
+
+    def shutdown(self) -> None:
+        try:
+            self.placement.shutdown()
+        except Exception:
+            pass
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    driver = Driver(cfg, resume=resume)
+    try:
+        return driver.run()
+    finally:
+        driver.shutdown()

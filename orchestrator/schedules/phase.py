@@ -1,0 +1,33 @@
+"""One phase of a schedule."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``kind`` sft: instruction data; preference: PPO/DPO data; joint: both mixed.
+
+    ``shard`` of ``num_shards`` selects the data. ``anchor`` names the phase
+    kind whose recorded EWC anchor penalises this phase (None: no penalty).
+    ``record_anchor`` asks the policy to snapshot this phase's end weights and
+    movement as the anchor for later phases. ``sft_mix`` adds ``coef * L_SFT``
+    on the instruction shard to a preference phase (ptx / joint).
+    """
+
+    kind: Literal["sft", "preference"]
+    shard: int
+    num_shards: int
+    anchor: str | None = None
+    record_anchor: bool = False
+    sft_mix: float = 0.0
+
+    @property
+    def name(self) -> str:
+        mix = f"+sft{self.sft_mix:g}" if self.sft_mix else ""
+        return f"{self.kind}{mix}[{self.shard + 1}/{self.num_shards}]"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,321 @@
+"""Rollout actor: experience layout, sampling, weight updates, backends, Ray."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hbat.actors.rollout import RolloutActor, RolloutWorker, build_experience, resolve_backend
+from hbat.actors.rollout_hf import merged_state_dict
+from hbat.actors.sampling import SamplingSettings
+from hbat.models import load_causal_lm, make_tiny_checkpoint
+
+GREEDY = SamplingSettings(temperature=0.0, max_new_tokens=8)
+TEXTS = ["the quick brown fox jumps over the lazy dog", "hello", "what is the capital of france ?"]
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_checkpoint):
+    """Shared read-only worker (tests that load weights make their own)."""
+    return RolloutWorker(tiny_checkpoint, backend="hf")
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory):
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_other") / "policy", seed=1))
+
+
+@pytest.fixture(scope="module")
+def other_weights(other_checkpoint):
+    return load_causal_lm(other_checkpoint).state_dict()
+
+
+@pytest.fixture(scope="module")
+def prompts(worker):
+    ids = [worker.tokenizer(t)["input_ids"] for t in TEXTS]
+    assert len({len(p) for p in ids}) == len(ids)  # different lengths exercise left padding
+    return ids
+
+
+def _responses(exp):
+    """Response ids per row, read back through the shifted action mask."""
+    return [exp.sequences[r, 1:][exp.action_mask[r].bool()].tolist() for r in range(len(exp))]
+
+
+def _eos_biased(checkpoint: str, bonus: float) -> RolloutWorker:
+    """A worker whose model emits EOS often (random tiny models almost never do)."""
+    w = RolloutWorker(checkpoint, backend="hf")
+    model = w.backend.model
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[w.tokenizer.eos_token_id] = bonus
+    model.lm_head = head
+    return w
+
+
+# ---------------------------------------------------------------------- settings
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"n": 0}, "n"),
+        ({"n": True}, "n"),
+        ({"seed": -3}, "seed"),
+        ({"seed": "7"}, "seed"),
+    ],
+)
+def test_sampling_settings_rejects_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=rf"SamplingSettings\.{field}\b"):
+        SamplingSettings(**kwargs)
+
+
+def test_sampling_settings_defaults_and_greedy():
+    s = SamplingSettings()
+    assert (s.temperature, s.top_p, s.top_k, s.max_new_tokens, s.n, s.seed) == (1.0, 1.0, 0, 64, 1, None)
+    assert not s.greedy and SamplingSettings(temperature=0).greedy
+
+
+# ---------------------------------------------------------------------- layout
+def test_build_experience_layout_exact():
+    pad, eos = 0, 2
+    prompts = [[5, 6, 7], [8]]
+    responses = [[[11, 12, eos]], [[13], [14, 15, 16, eos]]]
+    meta = [{"id": "a"}, {"id": "b"}]
+    exp = build_experience(prompts, responses, pad, prompt_text=["A", "B"], meta=meta, weight_version=4)
+    assert exp.sequences.tolist() == [
+        [5, 6, 7, 11, 12, eos, pad],
+        [pad, pad, 8, 13, pad, pad, pad],
+        [pad, pad, 8, 14, 15, 16, eos],
+    ]
+    assert exp.attention_mask.tolist() == [
+        [1, 1, 1, 1, 1, 1, 0],
+        [0, 0, 1, 1, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 1],
+    ]
+    # position t scores token t+1: responses start at column 3, so masks start at 2
+    assert exp.action_mask.tolist() == [
+        [0, 0, 1, 1, 1, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1],
+    ]
+    assert exp.prompt_index.tolist() == [0, 1, 1]
+    assert exp.prompt_text == ["A", "B", "B"]
+    assert exp.meta == [{"id": "a"}, {"id": "b"}, {"id": "b"}]
+    assert exp.meta[1] is not exp.meta[2]  # rows never share a mutable dict
+    assert exp.weight_version == 4
+    assert exp.response_lengths.tolist() == [3, 1, 4]
+    assert _responses(exp) == [r for group in responses for r in group]
+
+
+def test_build_experience_rejects_mismatches():
+    with pytest.raises(ValueError, match="responses"):
+        build_experience([[1], [2]], [[[3]]], 0)
+    with pytest.raises(ValueError, match="meta"):
+        build_experience([[1]], [[[3]]], 0, meta=[{}, {}])
+    with pytest.raises(ValueError, match="empty"):
+        build_experience([[]], [[[3]]], 0)
+
+
+def test_generate_layout_with_eos_and_padding(tiny_checkpoint, prompts):
+    w = _eos_biased(tiny_checkpoint, bonus=5.0)
+    tok = w.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=12, n=3, seed=3)
+    exp = w.generate(prompts, sampling, meta=[{"i": i} for i in range(len(prompts))])
+
+    assert len(exp) == 3 * len(prompts)
+    assert exp.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [m["i"] for m in exp.meta] == exp.prompt_index.tolist()
+    assert exp.prompt_text == [TEXTS[i] for i in exp.prompt_index.tolist()]
+    assert exp.action_mask.shape == (len(exp), exp.sequences.shape[1] - 1)
+
+    width = max(len(p) for p in prompts)
+    responses = _responses(exp)
+    for r in range(len(exp)):
+        prompt = prompts[int(exp.prompt_index[r])]
+        row, am = exp.sequences[r].tolist(), exp.attention_mask[r].tolist()
+        resp = responses[r]
+        # left-padded prompt ending at column `width`, response right after it
+        assert row[width - len(prompt) : width] == prompt
+        assert row[: width - len(prompt)] == [pad] * (width - len(prompt))
+        assert row[width : width + len(resp)] == resp
+        assert row[width + len(resp) :] == [pad] * (len(row) - width - len(resp))
+        assert am == [0] * (width - len(prompt)) + [1] * (len(prompt) + len(resp)) + [0] * (len(row) - width - len(resp))
+        # EOS, when produced, is the last response token and is trained on
+        assert eos not in resp[:-1]
+        assert resp[-1] == eos or len(resp) == sampling.max_new_tokens
+        assert exp.response_text[r] == tok.decode(resp, skip_special_tokens=True)
+        assert tok.eos_token not in exp.response_text[r]
+    assert any(resp[-1] == eos for resp in responses), "the EOS bonus should end some responses"
+    assert len({len(r) for r in responses}) > 1, "responses of different lengths exercise right padding"
+
+
+# ---------------------------------------------------------------------- sampling
+def test_greedy_is_deterministic_and_matches_unbatched_generate(worker, prompts):
+    exp = worker.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=8, n=2))
+    again = worker.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=8, n=2))
+    assert torch.equal(exp.sequences, again.sequences)
+    responses = _responses(exp)
+    model = worker.backend.model
+    for i, prompt in enumerate(prompts):
+        assert responses[2 * i] == responses[2 * i + 1]  # n greedy samples are identical
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
+            pad_token_id=worker.tokenizer.pad_token_id, eos_token_id=worker.tokenizer.eos_token_id,
+        )
+        assert responses[2 * i] == out[0, len(prompt):].tolist()  # left padding changes nothing
+
+
+def test_seeded_sampling_is_reproducible_and_groups_n(worker, prompts):
+    s = SamplingSettings(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, n=4, seed=7)
+    a = worker.generate(prompts, s)
+    b = worker.generate(prompts, s)
+    c = worker.generate(prompts, SamplingSettings(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, n=4, seed=8))
+    assert len(a) == 4 * len(prompts)
+    assert a.prompt_index.tolist() == [i for i in range(len(prompts)) for _ in range(4)]
+    assert torch.equal(a.sequences, b.sequences)
+    assert not torch.equal(a.sequences, c.sequences)
+    responses = _responses(a)
+    for i in range(len(prompts)):
+        assert len({tuple(r) for r in responses[4 * i : 4 * i + 4]}) > 1  # real samples, not copies
+    # the global RNG is left alone: seeding is local to the call
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    worker.generate(prompts[:1], s)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_generate_text_renders_chat_and_plain(worker):
+    tok = worker.tokenizer
+    out = worker.generate_text(["hello", [{"role": "user", "content": "hello"}]], SamplingSettings(temperature=0, max_new_tokens=6, n=2))
+    assert len(out) == 2 and all(len(group) == 2 for group in out)
+    assert out[0] == out[1]  # a plain string is one user message
+    ids = tok(tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+    exp = worker.generate([ids], SamplingSettings(temperature=0, max_new_tokens=6))
+    assert exp.response_text[0] == out[0][0]
+    with pytest.raises(ValueError, match="role"):
+        worker.generate_text([[{"content": "no role"}]], GREEDY)
+
+
+# ---------------------------------------------------------------------- weights
+def test_update_weights_switches_model_and_rejects_stale(tiny_checkpoint, other_checkpoint, other_weights, prompts):
+    w = RolloutWorker(tiny_checkpoint, backend="hf")
+    before = w.generate(prompts, GREEDY)
+    target = RolloutWorker(other_checkpoint, backend="hf").generate(prompts, GREEDY)
+    assert not torch.equal(before.sequences, target.sequences)
+
+    assert w.update_weights(2, other_weights) == 2
+    assert w.weight_version() == 2
+    after = w.generate(prompts, GREEDY)
+    assert torch.equal(after.sequences, target.sequences)
+    assert after.weight_version == 2 and before.weight_version == 0
+
+    with pytest.raises(ValueError, match="stale"):
+        w.update_weights(1, other_weights)
+    assert w.weight_version() == 2
+    assert w.update_weights(2, other_weights) == 2  # re-sending the current version is fine
+
+
+def test_load_weights_names_and_strictness(tiny_checkpoint, other_checkpoint, other_weights, prompts):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    w = RolloutWorker(tiny_checkpoint, backend="hf")
+    target = RolloutWorker(other_checkpoint, backend="hf").generate(prompts, GREEDY).sequences
+
+    # named_parameters() of a tied model omits lm_head.weight: still complete
+    params = dict(load_causal_lm(other_checkpoint).named_parameters())
+    assert "lm_head.weight" not in params
+    w.update_weights(1, params)
+    assert torch.equal(w.generate(prompts, GREEDY).sequences, target)
+
+    with pytest.raises(ValueError, match="do not match"):
+        w.update_weights(2, {**other_weights, "model.not_a_layer.weight": torch.zeros(1)})
+    partial = {k: v for k, v in other_weights.items() if "layers.1." not in k}
+    with pytest.raises(ValueError, match="missing"):
+        w.update_weights(2, partial)
+    bad_shape = dict(other_weights)
+    bad_shape["model.norm.weight"] = torch.ones(3)
+    with pytest.raises(ValueError, match="shape"):
+        w.update_weights(2, bad_shape)
+
+    # a peft LoRA policy: raw adapter tensors are refused, the merged export loads
+    peft_model = get_peft_model(load_causal_lm(other_checkpoint), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    with pytest.raises(ValueError, match="merged_state_dict"):
+        w.update_weights(3, peft_model.state_dict())
+    exported = merged_state_dict(peft_model)
+    assert not any("lora" in k or k.startswith("base_model") for k in exported)
+    w.update_weights(3, exported)
+    reference = copy.deepcopy(peft_model).merge_and_unload()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(w.backend.model.state_dict()[name], tensor)
+    assert not torch.equal(w.generate(prompts, GREEDY).sequences, target)  # the adapter mattered
+
+    # peft-wrapped names of an in-place merged model load too
+    peft_model.merge_adapter()
+    wrapped = {k: v for k, v in peft_model.state_dict().items() if "lora_" not in k}
+    assert any(k.startswith("base_model.model.") and ".base_layer." in k for k in wrapped)
+    w.update_weights(4, wrapped)
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(w.backend.model.state_dict()[name], tensor)
+
+
+# ---------------------------------------------------------------------- backends
+def test_backend_selection_and_vllm_import_guard(monkeypatch, tiny_checkpoint):
+    import hbat.actors.rollout_vllm as rv
+
+    monkeypatch.setattr(rv, "vllm_available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install hbat\[gpu\]"):
+        rv.VLLMBackend(tiny_checkpoint)
+    with pytest.raises(ImportError, match=r"pip install hbat\[gpu\]"):
+        RolloutWorker(tiny_checkpoint, backend="vllm")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend("auto") == "hf"
+    assert resolve_backend("hf") == "hf"
+    with pytest.raises(ValueError, match="unknown rollout backend"):
+        resolve_backend("tgi")
+
+
+def test_worker_info(worker):
+    assert worker.backend_name() == "hf"
+    assert worker.weight_version() == 0
+    assert worker.set_threads(1) == 1
+
+
+# ---------------------------------------------------------------------- Ray
+def test_rollout_actor_through_ray(ray_session, tiny_checkpoint, other_checkpoint, other_weights, worker, prompts):
+    ray = ray_session
+    actor = RolloutActor.options(num_cpus=0.25).remote(tiny_checkpoint, backend="hf")
+    try:
+        assert ray.get(actor.backend_name.remote()) == "hf"
+        first = ray.get(actor.generate.remote(prompts, GREEDY, meta=[{"k": i} for i in range(len(prompts))]))
+        assert torch.equal(first.sequences, worker.generate(prompts, GREEDY).sequences)
+        assert first.meta[0] == {"k": 0} and first.weight_version == 0
+
+        ref = ray.put(other_weights)
+        assert ray.get(actor.update_weights.remote(5, ref)) == 5
+        after = ray.get(actor.generate.remote(prompts, GREEDY))
+        target = RolloutWorker(other_checkpoint, backend="hf").generate(prompts, GREEDY)
+        assert torch.equal(after.sequences, target.sequences)
+        assert after.weight_version == 5
+
+        with pytest.raises(ValueError, match="stale"):
+            ray.get(actor.update_weights.remote(4, ref))
+        assert ray.get(actor.weight_version.remote()) == 5
+    finally:
+        ray.kill(actor)
