@@ -188,7 +188,8 @@ class RolloutWorker:
             if not has_template:
                 return tok(prompt, add_special_tokens=True)["input_ids"]
             prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+        is_message = lambda m: isinstance(m, dict) and "role" in m and "content" in m  # noqa: E731
+        if not isinstance(prompt, list) or not all(is_message(m) for m in prompt):
             raise ValueError("a prompt must be a string or a list of {'role', 'content'} messages")
         if not has_template:
             raise ValueError(f"tokenizer of '{self.model_name}' has no chat template; pass plain strings")
@@ -206,6 +207,24 @@ class RolloutWorker:
         self.backend.load_weights(weights)
         self._version = version
         return version
+
+    def update_weights_from_checkpoint(self, version: int, path: str) -> int:
+        """Like :meth:`update_weights`, reading a saved Hugging Face folder (``*.safetensors``).
+
+        The storage route for big policies and for replicas that join late: the
+        trainer saves once, every replica loads the folder it is pointed at.
+        """
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors files in checkpoint folder {path}")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        return self.update_weights(version, weights)
 
 
 #: :class:`RolloutWorker` as a Ray actor; set resources with ``.options(num_cpus=..., num_gpus=...)``.

@@ -138,7 +138,7 @@ class HFGenerationBackend:
             num_return_sequences=per_prompt,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_ids,
-            **({} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}),
+            **({} if greedy else dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)),
         )
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
@@ -179,7 +179,8 @@ class HFGenerationBackend:
         for name, tensor in weights.items():
             if tuple(tensor.shape) != tuple(own[name].shape):
                 raise ValueError(
-                    f"weight '{name}' has shape {tuple(tensor.shape)}, the rollout model expects {tuple(own[name].shape)}"
+                    f"weight '{name}' has shape {tuple(tensor.shape)}, "
+                    f"the rollout model expects {tuple(own[name].shape)}"
                 )
         missing = set(own) - set(weights)
         if strict and missing:

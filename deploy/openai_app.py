@@ -17,7 +17,6 @@ with ``ray_actor_options: {num_gpus: 1}``); ``vllm`` is Ray's own
 vLLM when it is installed and the cluster has GPUs.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json

@@ -24,7 +24,6 @@ Requests are tokenised and checked in the handler (a 400 names the bad
 into one call that scores every sequence in length-sorted micro-batches.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging

@@ -177,7 +177,8 @@ def test_generate_layout_with_eos_and_padding(policy_checkpoint, prompts):
         assert row[: width - len(prompt)] == [pad] * (width - len(prompt))
         assert row[width : width + len(resp)] == resp
         assert row[width + len(resp) :] == [pad] * (len(row) - width - len(resp))
-        assert am == [0] * (width - len(prompt)) + [1] * (len(prompt) + len(resp)) + [0] * (len(row) - width - len(resp))
+        left, right = width - len(prompt), len(row) - width - len(resp)
+        assert am == [0] * left + [1] * (len(prompt) + len(resp)) + [0] * right
         # EOS, when produced, is the last response token and is trained on
         assert eos not in resp[:-1]
         assert resp[-1] == eos or len(resp) == sampling.max_new_tokens
@@ -225,10 +226,12 @@ def test_seeded_sampling_is_reproducible_and_groups_n(worker, prompts):
 
 def test_generate_text_renders_chat_and_plain(worker):
     tok = worker.tokenizer
-    out = worker.generate_text(["hello", [{"role": "user", "content": "hello"}]], SamplingSettings(temperature=0, max_new_tokens=6, n=2))
+    chat = [{"role": "user", "content": "hello"}]
+    out = worker.generate_text(["hello", chat], SamplingSettings(temperature=0, max_new_tokens=6, n=2))
     assert len(out) == 2 and all(len(group) == 2 for group in out)
     assert out[0] == out[1]  # a plain string is one user message
-    ids = tok(tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+    rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ids = tok(rendered, add_special_tokens=False)["input_ids"]
     exp = worker.generate([ids], SamplingSettings(temperature=0, max_new_tokens=6))
     assert exp.response_text[0] == out[0][0]
     with pytest.raises(ValueError, match="role"):
@@ -251,6 +254,16 @@ def test_update_weights_switches_model_and_rejects_stale(policy_checkpoint, othe
         w.update_weights(1, other_weights)
     assert w.weight_version() == 2
     assert w.update_weights(2, other_weights) == 2  # re-sending the current version is fine
+
+
+def test_update_weights_from_checkpoint_folder(policy_checkpoint, other_checkpoint, other_greedy, prompts, tmp_path):
+    w = RolloutWorker(policy_checkpoint, backend="hf")
+    assert w.update_weights_from_checkpoint(3, other_checkpoint) == 3
+    assert torch.equal(w.generate(prompts, GREEDY).sequences, other_greedy)
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        w.update_weights_from_checkpoint(4, str(tmp_path))
+    with pytest.raises(ValueError, match="stale"):
+        w.update_weights_from_checkpoint(2, other_checkpoint)
 
 
 def test_load_weights_names_and_strictness(policy_checkpoint, other_checkpoint, other_weights, other_greedy, prompts):
@@ -278,7 +291,8 @@ def test_load_weights_names_and_strictness(policy_checkpoint, other_checkpoint, 
         w.update_weights(2, bad_shape)
 
     # a peft LoRA policy: raw adapter tensors are refused, the merged export loads
-    peft_model = get_peft_model(load_causal_lm(other_checkpoint), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(load_causal_lm(other_checkpoint), lora)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -317,6 +331,81 @@ def test_backend_selection_and_vllm_import_guard(monkeypatch, policy_checkpoint)
     assert resolve_backend("hf") == "hf"
     with pytest.raises(ValueError, match="unknown rollout backend"):
         resolve_backend("tgi")
+
+
+def test_vllm_backend_glue_against_a_fake_vllm(monkeypatch, policy_checkpoint, other_weights):
+    """The vLLM code path with a stand-in ``vllm`` module (the real one needs a GPU):
+    engine arguments, sampling-parameter mapping, token-id prompts, output
+    order, and the worker-extension weight push."""
+    import sys
+    import types
+
+    import hbat.actors.rollout_vllm as rv
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class FakeModel:
+        def __init__(self):
+            self.loaded = []
+
+        def load_weights(self, weights):
+            self.loaded = [(n, t.device.type) for n, t in weights]
+            return {n for n, _ in self.loaded}
+
+    class FakeWorker(rv.HbatWorkerExtension):
+        def __init__(self):
+            self.model_runner = types.SimpleNamespace(model=FakeModel())
+            self.device = torch.device("cpu")
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            self.model, self.kwargs, self.worker, self.resets, self.params = model, kwargs, FakeWorker(), 0, []
+
+        def generate(self, prompts, params, use_tqdm=True):
+            self.params.append(params)
+            # completions deliberately out of index order: the backend must sort them
+            return [
+                types.SimpleNamespace(outputs=[
+                    types.SimpleNamespace(index=j, token_ids=[p["prompt_token_ids"][-1], 100 + j])
+                    for j in reversed(range(params.n))
+                ])
+                for p in prompts
+            ]
+
+        def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+            return [getattr(self.worker, method)(*args, **(kwargs or {}))]
+
+        def reset_prefix_cache(self):
+            self.resets += 1
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = lambda **kw: dict(kw)
+    vllm.inputs = inputs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    monkeypatch.setattr(rv, "vllm_available", lambda: True)
+
+    w = RolloutWorker(policy_checkpoint, backend="vllm", vllm_kwargs={"gpu_memory_utilization": 0.3})
+    llm = w.backend.llm
+    assert w.backend_name() == "vllm"
+    assert llm.model == policy_checkpoint
+    assert llm.kwargs["gpu_memory_utilization"] == 0.3
+    assert llm.kwargs["worker_extension_cls"] == rv.WORKER_EXTENSION == f"{rv.__name__}.HbatWorkerExtension"
+
+    exp = w.generate([[5, 6, 7], [8]], SamplingSettings(temperature=0.0, top_p=0.5, max_new_tokens=4, n=2, seed=9))
+    p = llm.params[-1]
+    assert (p.n, p.temperature, p.top_p, p.top_k, p.max_tokens, p.seed) == (2, 0.0, 1.0, 0, 4, 9)
+    assert _responses(exp) == [[7, 100], [7, 101], [8, 100], [8, 101]]
+    assert exp.prompt_index.tolist() == [0, 0, 1, 1]
+
+    peft_style = {"base_model.model." + k.replace("q_proj.", "q_proj.base_layer."): v for k, v in other_weights.items()}
+    assert w.update_weights(1, peft_style) == 1
+    assert {n for n, _ in llm.worker.model_runner.model.loaded} == set(other_weights)
+    assert llm.resets == 1  # KV blocks computed by old weights are dropped
 
 
 def test_worker_info(worker):
