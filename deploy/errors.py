@@ -73,17 +73,18 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def param_path(loc: tuple | list) -> str | None:
     """``("body", "messages", 0, "role")`` -> ``"messages[0].role"``."""
-    parts = [p for p in loc if p != "body"]
     out = ""
-    for p in parts:
+    for p in loc[1:] if loc and loc[0] == "body" else loc:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif "[" in str(p) or "," in str(p) or "function-" in str(p):
-            # pydantic union branch tags such as "str" or "list[...]": not a field name
-            continue
+        elif p in _TYPE_TAGS or any(ch in str(p) for ch in "[]-(),"):
+            continue  # a pydantic union-branch tag ("str", "list[int]"), not a field
         else:
             out += f".{p}" if out else str(p)
     return out or None
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes", "tuple"})
 
 
 def validation_error(exc: RequestValidationError) -> APIError:

@@ -23,3 +23,26 @@ def tiny_tokenizer(tiny_checkpoint):
     from hbat.models import load_tokenizer
 
     return load_tokenizer(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local 2-CPU Ray for the whole session (actors, driver runs, Serve).
+
+    If Ray is already up (another fixture started it), it is reused and left to
+    its owner to shut down.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -14,6 +14,16 @@ GREEDY = SamplingSettings(temperature=0.0, max_new_tokens=8)
 TEXTS = ["the quick brown fox jumps over the lazy dog", "hello", "what is the capital of france ?"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box
+    spinning thread pools cost far more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _sharp_checkpoint(path, seed: int, scale: float = 20.0) -> str:
     """A tiny random Llama whose layers matter.
 
@@ -415,8 +425,8 @@ def test_worker_info(worker):
 
 
 # ---------------------------------------------------------------------- Ray
-def test_rollout_actor_through_ray(ray_session, policy_checkpoint, other_weights, other_greedy, worker, prompts):
-    ray = ray_session
+def test_rollout_actor_through_ray(ray_local, policy_checkpoint, other_weights, other_greedy, worker, prompts):
+    ray = ray_local
     actor = RolloutActor.options(num_cpus=0.25).remote(policy_checkpoint, backend="hf")
     try:
         assert ray.get(actor.backend_name.remote()) == "hf"

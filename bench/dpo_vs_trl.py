@@ -1,0 +1,588 @@
+"""Side-by-side step time: hbat's PolicyWorker vs TRL's DPOTrainer (and SFTTrainer).
+
+Both systems train the same model (fp32, full fine-tuning, on CPU) on the same
+batch of demo preference pairs (identical token ids), with the same optimizer
+(torch AdamW, same lr / betas / eps, no weight decay, grad-norm clip 1.0,
+constant schedule). The two are timed alternately, round after round, in this
+one process, and the table reports medians and hbat/TRL ratios -- on a shared,
+noisy machine only ratios measured side by side mean anything (DESIGN.md §6).
+
+Per round (the order of the two systems alternates between rounds):
+
+* hbat: ``begin_phase`` (fresh AdamW), then K steps of
+  ``ReferenceWorker.sequence_logps(batch)`` + ``PolicyWorker.train_step(
+  [LossPart("pairwise", batch | ref_logps, options={"loss": "dpo", "beta": b})])``,
+  used in-process (the plain classes, no Ray). Timed separately: the policy
+  step alone and reference forward + policy step.
+* TRL: a fresh ``DPOTrainer`` (reference model loaded by TRL,
+  ``precompute_ref_log_probs=False``, so its step includes the reference
+  forward), one ``train()`` with ``max_steps=K``; a callback records when each
+  optimizer step ends. s/step is the interval between consecutive step ends.
+
+The first step of every round is warm-up and is excluded for both systems.
+Losses must agree at step 0 (both start from identical weights and batch);
+the whole first-round loss trajectory is compared too (identical optimizer
+settings, so it should track within float noise).
+
+With ``--sft`` the same is done for one SFT step (hbat ``LossPart("sft")`` vs
+``SFTTrainer`` on the pre-tokenised batch with ``completion_only_loss``).
+
+Usage::
+
+    python bench/dpo_vs_trl.py                      # smollm2-135m, K=5, 3 rounds
+    python bench/dpo_vs_trl.py --sft                # plus the SFT comparison
+    python bench/dpo_vs_trl.py --tiny --steps 3 --rounds 2   # seconds-long smoke
+
+The table is printed and written to ``bench/results/dpo_vs_trl.md``
+(``..._tiny.md`` with ``--tiny``) by this script; never edit it by hand.
+Needs ``pip install trl`` (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+
+
+# --------------------------------------------------------------------------- data
+def pairwise_batch(tokenizer, n_pairs: int, data_dir: Path):
+    """The first ``n_pairs`` demo preference records, tokenised by hbat, plus the raw records."""
+    from hbat.orchestrator.data import PairwiseDataset, collate_pairwise
+    from hbat.orchestrator.demo_data import make_demo_data
+
+    paths = make_demo_data(data_dir)
+    ds = PairwiseDataset.from_file(paths["preference"], tokenizer, limit=n_pairs)
+    if len(ds) < n_pairs:
+        raise SystemExit(f"only {len(ds)} preference pairs available, asked for {n_pairs}")
+    examples = [ds[i] for i in range(n_pairs)]
+    records = [json.loads(line) for line in paths["preference"].read_text().splitlines()[:n_pairs]]
+    return examples, records, collate_pairwise(examples, ds.pad_id)
+
+
+def sft_batch(tokenizer, n: int, data_dir: Path):
+    from hbat.orchestrator.data import SFTDataset, collate_sft
+    from hbat.orchestrator.demo_data import make_demo_data
+
+    paths = make_demo_data(data_dir)
+    ds = SFTDataset.from_file(paths["sft"], tokenizer, limit=n)
+    examples = [ds[i] for i in range(n)]
+    return examples, collate_sft(examples, ds.pad_id)
+
+
+def split_prompt(ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids): the prompt is everything before the first loss token."""
+    p = mask.index(1)
+    if any(m == 0 for m in mask[p:]):
+        raise ValueError("loss mask is not one contiguous completion; cannot express it as prompt + completion")
+    return ids[:p], ids[p:]
+
+
+def trl_pairwise_rows(examples) -> list[dict]:
+    """hbat's token ids in the pre-tokenised layout TRL's preference collator consumes."""
+    rows = []
+    for e in examples:
+        prompt, chosen = split_prompt(e["chosen_input_ids"], e["chosen_loss_mask"])
+        prompt_r, rejected = split_prompt(e["rejected_input_ids"], e["rejected_loss_mask"])
+        if prompt != prompt_r:
+            raise ValueError("chosen and rejected sequences do not share one prompt")
+        rows.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
+    return rows
+
+
+def conversational_records(records) -> list[dict]:
+    """The raw demo pairs in TRL's conversational preference format (for its own tokenisation)."""
+    return [{
+        "prompt": [{"role": "user", "content": r["prompt"]}],
+        "chosen": [{"role": "assistant", "content": r["chosen"]}],
+        "rejected": [{"role": "assistant", "content": r["rejected"]}],
+    } for r in records]
+
+
+# ------------------------------------------------------------------------ timing
+@dataclass
+class Series:
+    """Timed steps of one system: per round, the per-step seconds after the warm-up step."""
+
+    name: str
+    rounds: list[list[float]] = field(default_factory=list)
+
+    def all(self) -> list[float]:
+        return [t for r in self.rounds for t in r]
+
+    def median(self) -> float:
+        return statistics.median(self.all())
+
+    def round_medians(self) -> list[float]:
+        return [statistics.median(r) for r in self.rounds]
+
+
+def make_timer_callback():
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        """Records wall-clock times at each optimizer step's begin/end, and every log."""
+
+        def __init__(self):
+            self.begin: list[float] = []
+            self.end: list[float] = []
+            self.logs: list[dict] = []
+            self.threads: int | None = None
+            self.train_begin: float | None = None
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.train_begin = time.perf_counter()
+            self.threads = torch.get_num_threads()
+            self.checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
+            self.dtype = str(getattr(model, "dtype", "?"))
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.begin.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            self.end.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.logs.append({"step": state.global_step, **logs})
+
+        def intervals(self) -> list[float]:
+            """Seconds per step, step end to step end, the first (warm-up) step excluded."""
+            return [b - a for a, b in zip(self.end, self.end[1:])]
+
+        def compute_only(self) -> list[float]:
+            """Step begin -> end (no data loading / logging), warm-up excluded."""
+            return [e - b for b, e in zip(self.begin[1:], self.end[1:])]
+
+    return StepTimes()
+
+
+def check_trl_setup(timer) -> None:
+    """Fail rather than report an unfair comparison (TRL's defaults are bf16 and gradient checkpointing)."""
+    if timer.dtype != "torch.float32" or timer.checkpointing:
+        raise RuntimeError(f"TRL trained with dtype {timer.dtype}, activation checkpointing {timer.checkpointing}; "
+                           "expected float32 without checkpointing")
+
+
+def quiet(trainer) -> None:
+    """Drop the callback that prints every log dict (disable_tqdm=True installs it); our timer keeps the logs."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def common_trl_args(args, out_dir: str) -> dict:
+    """TrainingArguments shared by the TRL trainers, matched to hbat's OptimSettings."""
+    return dict(
+        output_dir=out_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.pairs,
+        gradient_accumulation_steps=1,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        optim=args.trl_optim,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # TRL defaults gradient checkpointing on; hbat's default is off
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        seed=args.seed,
+        model_init_kwargs={"dtype": "float32"},
+    )
+
+
+def optim_settings(args) -> dict:
+    """hbat OptimSettings equal to the TRL arguments above."""
+    return {"lr": args.lr, "betas": (0.9, 0.95), "weight_decay": 0.0, "grad_clip": 1.0,
+            "scheduler": "constant", "warmup_steps": 0, "grad_accum": 1}
+
+
+# --------------------------------------------------------------------------- DPO
+def trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens: bool):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    timer = make_timer_callback()
+    with tempfile.TemporaryDirectory(prefix="hbat-bench-trl-") as out:
+        cfg = DPOConfig(**common_trl_args(args, out), beta=args.beta, loss_type=["sigmoid"],
+                        precompute_ref_log_probs=False, max_length=None)
+        trainer = DPOTrainer(model=model_path, args=cfg, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(conversational_records(records)), callbacks=[timer])
+        quiet(trainer)
+        token_note = None
+        ours = trl_pairwise_rows(examples)
+        if check_tokens:
+            theirs = [{k: list(r[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trainer.train_dataset]
+            same = sum(a == b for a, b in zip(ours, theirs))
+            extra = sum(len(b[k]) - len(a[k]) for a, b in zip(ours, theirs) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+            token_note = (f"TRL's own tokenisation of the same conversations equals hbat's for {same}/{len(ours)} pairs "
+                          f"(TRL - hbat = {extra:+d} tokens in total); both systems are timed on hbat's token ids")
+        # Same token ids for both systems: replace TRL's tokenised rows by hbat's.
+        trainer.train_dataset = Dataset.from_list(ours)
+        trainer.train()
+        check_trl_setup(timer)
+        del trainer
+    gc.collect()
+    return timer, token_note
+
+
+def hbat_dpo_round(args, policy, ref, batch):
+    from hbat.actors.policy import LossPart
+
+    policy.begin_phase("preference", optim_settings(args), total_steps=args.steps)
+    policy_s, total_s, ref_s, metrics, ref_logps0 = [], [], [], [], None
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        ref_logps = ref.sequence_logps(batch)
+        t1 = time.perf_counter()
+        m = policy.train_step([LossPart("pairwise", {**batch, "ref_logps": ref_logps},
+                                        options={"loss": "dpo", "beta": args.beta})])
+        t2 = time.perf_counter()
+        if ref_logps0 is None:
+            ref_logps0 = ref_logps
+        ref_s.append(t1 - t0)
+        policy_s.append(t2 - t1)
+        total_s.append(t2 - t0)
+        metrics.append(m)
+    policy.end_phase({"method": "none"})
+    return {"policy": policy_s[1:], "total": total_s[1:], "ref": ref_s[1:], "metrics": metrics,
+            "threads": torch.get_num_threads(), "ref_logps0": ref_logps0}
+
+
+def run_dpo(args, model_path, tokenizer, data_dir, log):
+    from hbat.actors.policy import PolicyWorker
+    from hbat.actors.reference import ReferenceWorker
+
+    examples, records, batch = pairwise_batch(tokenizer, args.pairs, data_dir)
+    n_tokens = int(batch["attention_mask"].sum())
+    shape = tuple(batch["input_ids"].shape)
+    log(f"DPO batch: {args.pairs} pairs -> input_ids {shape} ({n_tokens} non-pad tokens, "
+        f"{int(batch['loss_mask'].sum())} response tokens)")
+
+    policy = PolicyWorker(model_path, dtype="float32", device="cpu", seed=args.seed, torch_threads=args.threads)
+    ref = ReferenceWorker(model_path, dtype="float32", device="cpu", torch_threads=args.threads)
+
+    hb_policy, hb_total, trl = Series("hbat policy step"), Series("hbat ref fwd + policy step"), Series("TRL DPOTrainer")
+    hb_ref = Series("hbat ref fwd")
+    trl_compute = Series("TRL step begin->end")
+    first_hbat = first_trl = None
+    token_note = None
+    threads_seen = set()
+    for r in range(args.rounds):
+        order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
+        for system in order:
+            t0 = time.perf_counter()
+            if system == "hbat":
+                res = hbat_dpo_round(args, policy, ref, batch)
+                hb_policy.rounds.append(res["policy"])
+                hb_total.rounds.append(res["total"])
+                hb_ref.rounds.append(res["ref"])
+                threads_seen.add(res["threads"])
+                first_hbat = first_hbat or res
+                detail = f"median policy {statistics.median(res['policy']):.2f} s, with ref {statistics.median(res['total']):.2f} s"
+            else:
+                timer, note = trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens=r == 0)
+                token_note = token_note or note
+                if len(timer.end) != args.steps:
+                    raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
+                trl.rounds.append(timer.intervals())
+                trl_compute.rounds.append(timer.compute_only())
+                threads_seen.add(timer.threads)
+                first_trl = first_trl or timer
+                detail = f"median {statistics.median(timer.intervals()):.2f} s/step"
+            log(f"  round {r + 1}/{args.rounds} {system:4s}: {detail}  (round wall {time.perf_counter() - t0:.1f} s)")
+
+    # --- loss agreement (round 1 of each system starts from the same weights)
+    hb_losses = [m["pref/loss"] for m in first_hbat["metrics"]]
+    trl_losses = [l["loss"] for l in first_trl.logs]
+    ref_lp = first_hbat["ref_logps0"]
+    n = len(ref_lp) // 2
+    hb_chosen0, hb_rejected0 = float(ref_lp[:n].mean()), float(ref_lp[n:].mean())
+    trl0 = first_trl.logs[0]
+    checks = {
+        "step0_loss": (hb_losses[0], trl_losses[0]),
+        "step0_mean_logp_chosen": (hb_chosen0, trl0.get("logps/chosen", float("nan"))),
+        "step0_mean_logp_rejected": (hb_rejected0, trl0.get("logps/rejected", float("nan"))),
+        "trajectory": (hb_losses, trl_losses),
+        "grad_norm0": (first_hbat["metrics"][0]["optim/grad_norm"], trl0.get("grad_norm", float("nan"))),
+    }
+    del policy, ref
+    gc.collect()
+    return {
+        "kind": "DPO", "tokens": n_tokens, "shape": shape,
+        "rows": [(hb_policy, "policy step only (ref log-probs given)"),
+                 (hb_total, "reference forward + policy step"),
+                 (trl, "one optimizer step incl. reference forward")],
+        "trl": trl, "extra": [hb_ref, trl_compute], "checks": checks, "token_note": token_note,
+        "threads": sorted(threads_seen),
+    }
+
+
+# --------------------------------------------------------------------------- SFT
+def trl_sft_round(args, model_path, tokenizer, examples):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = []
+    for e in examples:
+        rows.append({"input_ids": list(e["input_ids"]), "completion_mask": list(e["loss_mask"])})
+    timer = make_timer_callback()
+    with tempfile.TemporaryDirectory(prefix="hbat-bench-trl-") as out:
+        cfg = SFTConfig(**common_trl_args(args, out), completion_only_loss=True, packing=False,
+                        padding_free=False, max_length=None)
+        trainer = SFTTrainer(model=model_path, args=cfg, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(rows), callbacks=[timer])
+        quiet(trainer)
+        trainer.train()
+        check_trl_setup(timer)
+        del trainer
+    gc.collect()
+    return timer
+
+
+def hbat_sft_round(args, policy, batch):
+    from hbat.actors.policy import LossPart
+
+    policy.begin_phase("sft", optim_settings(args), total_steps=args.steps)
+    times, metrics = [], []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        metrics.append(policy.train_step([LossPart("sft", batch)]))
+        times.append(time.perf_counter() - t0)
+    policy.end_phase({"method": "none"})
+    return times[1:], metrics
+
+
+def run_sft(args, model_path, tokenizer, data_dir, log):
+    from hbat.actors.policy import PolicyWorker
+
+    examples, batch = sft_batch(tokenizer, args.pairs, data_dir)
+    n_tokens = int(batch["attention_mask"].sum())
+    shape = tuple(batch["input_ids"].shape)
+    log(f"SFT batch: {args.pairs} examples -> input_ids {shape} ({n_tokens} non-pad tokens)")
+    policy = PolicyWorker(model_path, dtype="float32", device="cpu", seed=args.seed, torch_threads=args.threads)
+    hb, trl = Series("hbat sft step"), Series("TRL SFTTrainer")
+    first_hbat = first_trl = None
+    threads_seen = set()
+    for r in range(args.rounds):
+        order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
+        for system in order:
+            if system == "hbat":
+                times, metrics = hbat_sft_round(args, policy, batch)
+                hb.rounds.append(times)
+                first_hbat = first_hbat or metrics
+                threads_seen.add(torch.get_num_threads())
+                detail = statistics.median(times)
+            else:
+                timer = trl_sft_round(args, model_path, tokenizer, examples)
+                trl.rounds.append(timer.intervals())
+                first_trl = first_trl or timer
+                threads_seen.add(timer.threads)
+                detail = statistics.median(timer.intervals())
+            log(f"  round {r + 1}/{args.rounds} {system:4s}: median {detail:.2f} s/step")
+    del policy
+    gc.collect()
+    hb_losses = [m["sft/loss"] for m in first_hbat]
+    trl_losses = [l["loss"] for l in first_trl.logs]
+    return {
+        "kind": "SFT", "tokens": n_tokens, "shape": shape,
+        "rows": [(hb, "one SFT optimizer step"), (trl, "one SFT optimizer step")],
+        "trl": trl, "extra": [], "token_note": None, "threads": sorted(threads_seen),
+        "checks": {"step0_loss": (hb_losses[0], trl_losses[0]), "trajectory": (hb_losses, trl_losses),
+                   "grad_norm0": (first_hbat[0]["optim/grad_norm"], first_trl.logs[0].get("grad_norm", float("nan")))},
+    }
+
+
+# ------------------------------------------------------------------------ report
+def paired_ratio(a: Series, b: Series) -> tuple[float, list[float]]:
+    """Median over rounds of (round median of a) / (round median of b)."""
+    per_round = [x / y for x, y in zip(a.round_medians(), b.round_medians())]
+    return statistics.median(per_round), per_round
+
+
+def section(res: dict, args) -> list[str]:
+    trl: Series = res["trl"]
+    lines = [f"### {res['kind']}: {res['shape'][0]} sequences x {res['shape'][1]} positions, "
+             f"{res['tokens']} non-pad tokens per step", ""]
+    lines += ["| system | what one step is | median s/step | tokens/s | ratio hbat/TRL |",
+              "|---|---|---:|---:|---:|"]
+    for s, what in res["rows"]:
+        med = s.median()
+        ratio = "1 (baseline)" if s is trl else f"{paired_ratio(s, trl)[0]:.2f}"
+        lines.append(f"| {s.name} | {what} | {med:.2f} | {res['tokens'] / med:.0f} | {ratio} |")
+    lines += ["", f"ratio = median over rounds of (hbat round median s/step) / (TRL round median s/step), "
+                  f"measured in alternating rounds; below 1 means hbat is faster. "
+                  f"{len(trl.rounds)} rounds x {args.steps - 1} timed steps per system "
+                  f"(first step of each round excluded as warm-up).", ""]
+    for s, _ in res["rows"]:
+        if s is not trl:
+            _, per = paired_ratio(s, trl)
+            lines.append(f"- per-round ratio {s.name} / TRL: " + ", ".join(f"{x:.2f}" for x in per))
+    for s in [s for s, _ in res["rows"]] + res["extra"]:
+        lines.append(f"- {s.name} s/step by round: "
+                     + "; ".join("[" + ", ".join(f"{t:.2f}" for t in r) + "]" for r in s.rounds))
+    lines.append(f"- torch threads seen during the timed steps: {res['threads']}; TRL model checked to train in "
+                 "float32 without activation checkpointing, like hbat")
+    if res["token_note"]:
+        lines.append(f"- {res['token_note']}")
+    c = res["checks"]
+    hb0, trl0 = c["step0_loss"]
+    ok = abs(hb0 - trl0) <= args.loss_tol
+    lines += ["", f"Loss check (round 1 of each system, identical initial weights and batch; tolerance {args.loss_tol:g}):", "",
+              f"- step-0 loss: hbat {hb0:.6f}, TRL {trl0:.6f}, |diff| {abs(hb0 - trl0):.2e} -> "
+              f"{'AGREE' if ok else 'DISAGREE'}"]
+    if res["kind"] == "DPO":
+        lines.append("  (policy = reference at step 0, so the DPO loss there is ln 2 = 0.693147 for any correct "
+                     "implementation; the log-probs and later steps below are the informative checks)")
+        for key, label in (("step0_mean_logp_chosen", "mean chosen log-prob"),
+                           ("step0_mean_logp_rejected", "mean rejected log-prob")):
+            a, b = c[key]
+            lines.append(f"- step-0 {label}: hbat {a:.4f}, TRL {b:.4f}, |diff| {abs(a - b):.2e}")
+    g_a, g_b = c["grad_norm0"]
+    lines.append(f"- step-0 grad norm (before clipping): hbat {g_a:.4f}, TRL {g_b:.4f}")
+    hb_l, trl_l = c["trajectory"]
+    diff = max(abs(a - b) for a, b in zip(hb_l, trl_l))
+    lines.append(f"- loss by step, hbat: " + ", ".join(f"{x:.5f}" for x in hb_l))
+    lines.append(f"- loss by step, TRL:  " + ", ".join(f"{x:.5f}" for x in trl_l))
+    lines.append(f"- max |diff| over the {len(hb_l)} steps: {diff:.2e}")
+    res["agree"] = ok
+    return lines + [""]
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        return rev + (" (uncommitted changes)" if dirty.strip() else "")
+    except Exception:  # noqa: BLE001 - not a checkout
+        return "unknown"
+
+
+def header(args, model_label: str, wall: float) -> list[str]:
+    import transformers
+    import trl
+
+    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    return [
+        "# hbat vs TRL: training step time (generated by bench/dpo_vs_trl.py -- do not edit)", "",
+        f"- command: `{cmd}`",
+        f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; total wall time {wall:.0f} s",
+        f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
+        "shared machine, so absolute times are noisy and only the ratios are comparable",
+        f"- model: {model_label}, fp32, full fine-tuning; AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
+        f"betas (0.9, 0.95), eps 1e-8, weight decay 0, grad clip 1.0, constant lr; DPO beta {args.beta:g} (sigmoid)",
+        f"- {args.rounds} rounds, alternating which system goes first; K = {args.steps} steps per system per round",
+        "",
+    ]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help="hbat model reference (embedded name, folder, hub id)")
+    ap.add_argument("--tiny", action="store_true", help="quick smoke on a tiny random checkpoint (ignores --model)")
+    ap.add_argument("--pairs", type=int, default=8, help="preference pairs (and SFT examples) per batch")
+    ap.add_argument("--steps", type=int, default=5, help="K optimizer steps per system per round (first is warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (median over all)")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both systems")
+    ap.add_argument("--trl-optim", default="adamw_torch",
+                    help="TRL optim name; adamw_torch = torch.optim.AdamW like hbat (TRL's own default is adamw_torch_fused)")
+    ap.add_argument("--sft", action="store_true", help="also compare one SFT step (SFTTrainer vs LossPart('sft'))")
+    ap.add_argument("--no-dpo", action="store_true", help="skip the DPO comparison (with --sft)")
+    ap.add_argument("--loss-tol", type=float, default=1e-3, help="tolerance of the step-0 loss agreement")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="markdown output (default bench/results/dpo_vs_trl[_tiny].md)")
+    args = ap.parse_args(argv)
+    if args.steps < 2:
+        ap.error("--steps must be >= 2 (the first step of each round is warm-up)")
+
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit("this benchmark needs TRL: pip install 'trl>=1.16,<2'") from None
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    import logging
+
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    from hbat.models import load_tokenizer, make_tiny_checkpoint, resolve_model_path
+
+    out = Path(args.out) if args.out else BENCH_DIR / "results" / ("dpo_vs_trl_tiny.md" if args.tiny else "dpo_vs_trl.md")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hbat-bench-") as tmp:
+        tmp = Path(tmp)
+        if args.tiny:
+            model_path = str(make_tiny_checkpoint(tmp / "tiny", hidden_size=64, num_layers=2))
+            model_label = "tiny random Llama (hbat.models.make_tiny_checkpoint, hidden 64, 2 layers)"
+        else:
+            t = time.perf_counter()
+            model_path = resolve_model_path(args.model)  # embedded GGUF -> cached safetensors (once)
+            model_label = args.model if model_path == args.model else f"{args.model} ({model_path})"
+            log(f"model: {model_label} (resolved in {time.perf_counter() - t:.1f} s)")
+        tokenizer = load_tokenizer(model_path)
+        results = []
+        if not args.no_dpo:
+            log("== DPO ==")
+            results.append(run_dpo(args, model_path, tokenizer, tmp / "data", log))
+        if args.sft:
+            log("== SFT ==")
+            results.append(run_sft(args, model_path, tokenizer, tmp / "data", log))
+    body = []
+    for res in results:
+        body += section(res, args)
+    wall = time.perf_counter() - start
+    text = "\n".join(header(args, model_label, wall) + body)
+    print()
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(f"wrote {os.path.relpath(out, Path.cwd())}")
+    return 0 if all(r.get("agree") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""``hbat compare``: the HBAT paper's comparison, run end to end by one command.
+
+For every seed and every method (a schedule, with PPO or DPO), train from the
+same starting model on the same data with the same step settings — only
+``schedule.name``, ``schedule.preference``, ``run.seed`` and ``run.name``
+change — then evaluate the final checkpoint with the same suites. One reward
+model (given, or trained once before anything else) is shared: it is the
+reward of every PPO run, the per-phase ``eval/reward`` probe of every run,
+and the judge of the reward and win-rate metrics, so no method is scored by a
+different judge. Win rates are against the baseline method's responses of
+the same seed (default ``sft_only``), or against the untrained model
+(``baseline: start``).
+
+Outputs in ``output_dir``: ``runs/<method>/seed<k>/`` (the training run and
+its ``eval/``), ``compare.json`` (all numbers, per seed), ``compare.md`` (the
+table, also printed), ``metrics.png`` (bars with error bars across seeds) and
+``curves.png`` (training curves with phase boundaries).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from hbat.models.atomic import atomic_write_bytes
+from hbat.orchestrator.config import ConfigError, Section, _resolve_relative_paths, _set_dotted, parse_overrides, \
+    validate_config
+from hbat.orchestrator.evaluation.evalset import load_eval_set
+from hbat.orchestrator.evaluation.evaluate import _WORKER_ENV, evaluate_model, read_metrics
+from hbat.orchestrator.evaluation.report import compare_markdown
+from hbat.orchestrator.evaluation.settings import EvalConfig
+from hbat.orchestrator.evaluation.stats import paired_seed_bootstrap, seed_bootstrap
+
+log = logging.getLogger("hbat.compare")
+
+SCHEDULE_NAMES = ("sft_only", "two_stage", "ptx", "joint", "alternating", "hbat")
+DEFAULT_METHODS = ["sft_only"] + [f"{s}-{p}" for p in ("ppo", "dpo") for s in SCHEDULE_NAMES[1:]]
+DEFAULT_TABLE = ["reward/score", "winrate/rm", "winrate/judge", "demo/exact", "demo/style", "rouge/rougeL",
+                 "ifeval/prompt_strict", "kl/seq", "length/tokens"]
+START = "start"
+
+
+class MethodSpec(Section):
+    name: str
+    schedule: Literal["hbat", "alternating", "two_stage", "ptx", "joint", "sft_only"]
+    preference: Literal["ppo", "dpo"] = "ppo"
+    overrides: dict[str, Any] = {}  # dotted training-config keys for this method only
+
+
+def parse_method(item: str | dict) -> MethodSpec:
+    """``"sft_only"``, ``"hbat-ppo"``, ``"two_stage-dpo"``... or a full mapping."""
+    if isinstance(item, dict):
+        return MethodSpec.model_validate(item)
+    sched, _, pref = item.partition("-")
+    if sched not in SCHEDULE_NAMES or (pref and pref not in ("ppo", "dpo")) or (not pref and sched != "sft_only"):
+        raise ValueError(f"method '{item}': expected 'sft_only' or '<schedule>-<ppo|dpo>' with schedule in "
+                         f"{', '.join(SCHEDULE_NAMES)}")
+    return MethodSpec(name=item, schedule=sched, preference=pref or "ppo")
+
+
+class CompareConfig(Section):
+    name: str = "compare"
+    output_dir: str = "runs/compare"
+    train_config: str | None = None  # a training YAML; ``train`` is merged over it
+    train: dict[str, Any] = {}  # training config tree (the same keys as `hbat train` configs)
+    demo_data: str | None = None  # write the built-in demo task here first if it is absent
+    methods: list[str | MethodSpec] = DEFAULT_METHODS
+    seeds: list[int] = Field([0], min_length=1)
+    baseline: str | None = "sft_only"  # a method name, "start" (the untrained model) or null
+    include_start: bool = True  # evaluate the untrained starting model as a row too
+    reward_model: str | None = None  # shared RM; null -> trained once on train.data.preference
+    eval: EvalConfig = EvalConfig()
+    table: list[str] = DEFAULT_TABLE  # metric columns (absent ones are dropped)
+    contrasts: list[tuple[str, str]] | None = None  # null -> hbat-X vs two_stage-X for each X run
+    plots: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        specs = self.specs()
+        names = [m.name for m in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"methods: duplicate names in {names}")
+        if START in names:
+            raise ValueError("methods: 'start' is reserved for the untrained model")
+        if self.baseline not in (None, START) and self.baseline not in names:
+            raise ValueError(f"baseline '{self.baseline}' is not one of the methods {names}")
+        for a, b in self.contrasts or []:
+            for x in (a, b):
+                if x not in names + [START]:
+                    raise ValueError(f"contrasts: '{x}' is not one of the methods")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: duplicates")
+        return self
+
+    def specs(self) -> list[MethodSpec]:
+        return [m if isinstance(m, MethodSpec) else parse_method(m) for m in self.methods]
+
+    def contrast_pairs(self) -> list[tuple[str, str]]:
+        if self.contrasts is not None:
+            return [tuple(c) for c in self.contrasts]
+        names = {m.name for m in self.specs()}
+        return [(f"hbat-{p}", f"two_stage-{p}") for p in ("ppo", "dpo")
+                if f"hbat-{p}" in names and f"two_stage-{p}" in names]
+
+
+# ------------------------------------------------------------------ config loading
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_compare_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[CompareConfig, dict]:
+    """(validated compare config, resolved training tree). Paths in the files
+    are relative to the working directory when they exist there, else to the
+    file's folder (as for training configs)."""
+    tree: dict = {}
+    base = Path(".")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        base = p.parent
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        cfg = CompareConfig.model_validate(tree)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+                 for e in exc.errors()]
+        raise ConfigError(f"invalid compare config {path or '<defaults>'}:\n" + "\n".join(lines)) from None
+    train_tree: dict = {}
+    if cfg.train_config:
+        tp = Path(cfg.train_config)
+        if not tp.is_absolute() and not tp.exists() and (base / tp).exists():
+            tp = base / tp
+        if not tp.is_file():
+            raise ConfigError(f"train_config: file not found: {cfg.train_config}")
+        train_tree = yaml.safe_load(tp.read_text()) or {}
+        _resolve_relative_paths(train_tree, tp.parent)
+    train_tree = _merge(train_tree, cfg.train)
+    _resolve_relative_paths(train_tree, base)
+    if cfg.eval.data and not Path(cfg.eval.data).exists() and (base / cfg.eval.data).exists():
+        cfg.eval.data = str(base / cfg.eval.data)
+    return cfg, train_tree
+
+
+# ------------------------------------------------------------------ the run
+class Comparison:
+    def __init__(self, cfg: CompareConfig, train_tree: dict, resume: bool = False, overwrite: bool = False):
+        self.cfg, self.base_tree = cfg, train_tree
+        self.out = Path(cfg.output_dir)
+        self.resume = resume
+        if self.out.exists() and any(self.out.iterdir()):
+            if overwrite:
+                shutil.rmtree(self.out)
+            elif not resume:
+                raise ConfigError(f"output_dir {self.out} is not empty: pass --resume to reuse its finished runs "
+                                  "(the table says which) or --overwrite to start afresh")
+        self.specs = cfg.specs()
+        self.reused: list[str] = []
+        self.runs: list[dict] = []
+
+    # -- setup
+    def prepare(self) -> None:
+        if self.cfg.demo_data:
+            from hbat.orchestrator.demo_data import make_demo_data
+
+            if not (Path(self.cfg.demo_data) / "sft.jsonl").exists():
+                log.info("writing the demo task to %s", self.cfg.demo_data)
+                make_demo_data(self.cfg.demo_data)
+        data = self.base_tree.get("data", {})
+        if not self.cfg.eval.data:
+            self.cfg.eval.data = data.get("eval_prompts")
+        if not self.cfg.eval.data:
+            raise ConfigError("no eval set: set eval.data (or train.data.eval_prompts)")
+        # the same validation `hbat train` does, once per method, before anything starts
+        for spec in self.specs:
+            self._train_config(spec, self.cfg.seeds[0], reward="<shared>")
+        self.examples = load_eval_set(self.cfg.eval.data, self.cfg.eval.limit)
+        self.start_model = self.base_tree.get("model", {}).get("policy", "smollm2-135m")
+        self.reference = self.base_tree.get("model", {}).get("reference") or self.start_model
+
+    def _train_config(self, spec: MethodSpec, seed: int, reward: str | None):
+        tree = copy.deepcopy(self.base_tree)
+        for key, value in spec.overrides.items():
+            _set_dotted(tree, key, value)
+        tree.setdefault("schedule", {}).update(name=spec.schedule, preference=spec.preference)
+        tree.setdefault("run", {}).update(name=f"seed{seed}", output_dir=str(self.out / "runs" / spec.name), seed=seed)
+        if reward is not None:
+            tree.setdefault("model", {})["reward"] = reward
+        try:
+            return validate_config(tree, f"method {spec.name}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}\n(compare: the training tree of method '{spec.name}')") from None
+
+    def shared_reward_model(self) -> str | None:
+        if self.cfg.reward_model:
+            return self.cfg.reward_model
+        needs = any(s.preference == "ppo" and s.schedule != "sft_only" for s in self.specs) or any(
+            k in self.cfg.eval.suites for k in ("reward", "winrate")) or self.cfg.eval.suites == "auto"
+        if not needs or not self.base_tree.get("data", {}).get("preference"):
+            return None
+        folder = self.out / "reward_model" / "reward_model"
+        if (folder / "config.json").exists() and self.resume:
+            self.reused.append("reward_model")
+            return str(folder)
+        return train_reward_model(self._rm_config())
+
+    def _rm_config(self):
+        tree = copy.deepcopy(self.base_tree)
+        tree.setdefault("schedule", {}).update(name="two_stage", preference="ppo")
+        tree.setdefault("run", {}).update(name="reward_model", output_dir=str(self.out), seed=self.cfg.seeds[0])
+        tree.setdefault("model", {})["reward"] = None
+        if not tree.get("data", {}).get("prompts"):
+            tree["data"]["prompts"] = tree["data"]["preference"]  # only to pass validation; never read
+        return validate_config(tree, "reward model")
+
+    # -- one method, one seed
+    def run_one(self, spec: MethodSpec, seed: int, baseline: list[str] | None) -> tuple[dict, list[str]]:
+        from hbat.orchestrator.driver import train
+
+        cfg = self._train_config(spec, seed, self.rm)
+        run_dir = cfg.run_dir()
+        eval_dir = run_dir / "eval"
+        if self.resume and (run_dir / "summary.json").exists() and (eval_dir / "responses.jsonl").exists():
+            self.reused.append(f"{spec.name}/seed{seed}")
+            metrics, responses = read_metrics(eval_dir)
+            info = json.loads((run_dir / "compare_run.json").read_text()) if (run_dir / "compare_run.json").exists() else {}
+            return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": metrics,
+                    "reused": True, **info}, responses
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a run cut off before it finished: start it again
+        t0 = time.time()
+        summary = train(cfg)
+        train_s = time.time() - t0
+        t1 = time.time()
+        res = evaluate_model(summary["final_checkpoint"], self._eval_cfg(), examples=self.examples,
+                             baseline_responses=baseline if spec.name != self.cfg.baseline else None,
+                             out_dir=eval_dir, name=f"{spec.name} seed {seed}")
+        info = {"train_s": round(train_s, 1), "eval_s": round(time.time() - t1, 1),
+                "final": summary["final_checkpoint"], "global_steps": summary["global_steps"]}
+        atomic_write_bytes(run_dir / "compare_run.json", json.dumps(info, indent=2).encode())
+        return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": res.metrics, **info}, \
+            res.responses
+
+    def _eval_cfg(self) -> EvalConfig:
+        e = self.cfg.eval.model_copy(deep=True)
+        e.reward_model = e.reward_model or self.rm
+        e.reference = e.reference or self.reference
+        e.baseline = e.baseline_responses = None
+        return e
+
+    def run_start(self, baseline: list[str] | None) -> tuple[dict, list[str]]:
+        eval_dir = self.out / "start" / "eval"
+        if self.resume and (eval_dir / "responses.jsonl").exists():
+            self.reused.append(START)
+            metrics, responses = read_metrics(eval_dir)
+            return {"method": START, "seed": None, "metrics": metrics, "reused": True}, responses
+        t1 = time.time()
+        res = evaluate_model(self.start_model, self._eval_cfg(), examples=self.examples,
+                             baseline_responses=None if self.cfg.baseline == START else baseline,
+                             out_dir=eval_dir, name="start (untrained)")
+        return {"method": START, "seed": None, "metrics": res.metrics, "eval_s": round(time.time() - t1, 1)}, \
+            res.responses
+
+    # -- everything
+    def run(self) -> dict:
+        t0 = time.time()
+        self.prepare()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "compare_config.yaml",
+                           yaml.safe_dump({**self.cfg.model_dump(mode="json"), "train": self.base_tree},
+                                          sort_keys=False).encode())
+        started = False
+        if not ray.is_initialized():
+            res = self.base_tree.get("resources", {})
+            ray.init(address=res.get("address"), num_cpus=res.get("num_cpus"), include_dashboard=False,
+                     runtime_env={"env_vars": _WORKER_ENV}, log_to_driver=False)
+            started = True
+        try:
+            self.rm = self.shared_reward_model()
+            start_row = None
+            start_responses = None
+            if self.cfg.include_start or self.cfg.baseline == START:
+                start_row, start_responses = self.run_start(None)
+                self.runs.append(start_row)
+            order = sorted(self.specs, key=lambda s: s.name != self.cfg.baseline)
+            total = len(order) * len(self.cfg.seeds)
+            k = 0
+            for seed in self.cfg.seeds:
+                baseline = start_responses if self.cfg.baseline == START else None
+                for spec in order:
+                    k += 1
+                    log.info("[%d/%d] %s, seed %d", k, total, spec.name, seed)
+                    row, responses = self.run_one(spec, seed, baseline)
+                    self.runs.append(row)
+                    if spec.name == self.cfg.baseline:
+                        baseline = responses
+            if start_row is not None and self.cfg.baseline not in (None, START):
+                # the untrained model against the baseline of the first seed
+                pass
+        finally:
+            if started:
+                ray.shutdown()
+        summary = self.summarize(time.time() - t0)
+        atomic_write_bytes(self.out / "compare.json", json.dumps(summary, indent=2).encode())
+        md = compare_markdown(summary)
+        if self.reused:
+            md += f"\nReused from an earlier invocation (--resume): {', '.join(self.reused)}.\n"
+        atomic_write_bytes(self.out / "compare.md", md.encode())
+        if self.cfg.plots:
+            from hbat.orchestrator.evaluation.plots import plot_curves, plot_metric_bars
+
+            plot_metric_bars(summary, self.out / "metrics.png")
+            plot_curves([(r["method"], r["seed"], r["run_dir"]) for r in self.runs if r.get("run_dir")],
+                        self.out / "curves.png")
+        summary["markdown"] = md
+        return summary
+
+    def summarize(self, wall_s: float) -> dict:
+        methods = ([START] if any(r["method"] == START for r in self.runs) else []) + [s.name for s in self.specs]
+        by: dict[str, list[dict]] = {m: [r for r in self.runs if r["method"] == m] for m in methods}
+        names = sorted({k for r in self.runs for k in r["metrics"]})
+        results = {}
+        for m, rows in by.items():
+            results[m] = {k: seed_bootstrap([r["metrics"][k] for r in rows if k in r["metrics"]],
+                                            self.cfg.eval.n_boot, self.cfg.eval.seed)
+                          for k in names if any(k in r["metrics"] for r in rows)}
+        contrasts = []
+        for a, b in self.cfg.contrast_pairs():
+            ra = {r["seed"]: r for r in by.get(a, [])}
+            rb = {r["seed"]: r for r in by.get(b, [])}
+            seeds = [s for s in ra if s in rb]
+            cm = {}
+            for k in names:
+                if all(k in ra[s]["metrics"] and k in rb[s]["metrics"] for s in seeds) and seeds:
+                    cm[k] = paired_seed_bootstrap([ra[s]["metrics"][k] for s in seeds],
+                                                  [rb[s]["metrics"][k] for s in seeds],
+                                                  self.cfg.eval.n_boot, self.cfg.eval.seed)
+            contrasts.append({"a": a, "b": b, "seeds": seeds, "metrics": cm})
+        table = [k for k in self.cfg.table if k in names]
+        return {
+            "name": self.cfg.name, "seeds": self.cfg.seeds, "methods": methods, "baseline": self.cfg.baseline,
+            "n_examples": len(self.examples), "eval_set": self.cfg.eval.data, "reward_model": self.rm,
+            "reference": self.reference, "table_metrics": table, "all_metrics": names,
+            "results": results, "contrasts": [dict(c, metrics={k: v for k, v in c["metrics"].items() if k in table})
+                                              for c in contrasts],
+            "contrasts_all_metrics": contrasts,
+            "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in self.runs],
+            "reused": self.reused, "wall_s": round(wall_s, 1),
+        }
+
+
+def train_reward_model(cfg) -> str:
+    """Bradley-Terry reward model on ``data.preference``, trained once (the driver's RM stage)."""
+    from hbat.orchestrator.driver import Driver
+    from hbat.orchestrator.metrics import MetricsLogger
+    from hbat.orchestrator.placement import Placement
+
+    driver = Driver(cfg)
+    driver.load_data()
+    if driver.pairs is None:
+        raise ConfigError("the shared reward model needs train.data.preference (or set reward_model)")
+    driver.metrics = MetricsLogger(driver.run_dir, tensorboard=False)
+    driver.roles = ["reward"]
+    driver.placement = Placement(cfg.resources, ["reward"])
+    try:
+        return driver.train_reward_model()
+    finally:
+        driver.metrics.close()
+        driver.shutdown()
+
+
+def run_compare(cfg: CompareConfig, train_tree: dict, resume: bool = False, overwrite: bool = False) -> dict:
+    return Comparison(cfg, train_tree, resume=resume, overwrite=overwrite).run()

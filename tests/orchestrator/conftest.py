@@ -1,0 +1,86 @@
+"""Fixtures for the driver tests: the demo task (small), a tiny reward model,
+and a builder for small, fast run configs on the tiny random checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory) -> dict[str, str]:
+    from hbat.orchestrator.demo_data import make_demo_data
+
+    paths = make_demo_data(tmp_path_factory.mktemp("demo"), n_sft=32, n_pairs=32, n_prompts=32, n_eval=8)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_checkpoint(tmp_path_factory, tiny_checkpoint) -> str:
+    """A sequence-classification checkpoint on the tiny backbone (random score head).
+
+    Built from the causal-LM checkpoint: ``make_tiny_checkpoint(head=
+    "sequence_classification")`` fails under transformers 5.23 (it sets a
+    generation_config the classification model does not have).
+    """
+    import torch
+
+    from hbat.models import load_reward_model, load_tokenizer, save_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny_rm") / "reward"
+    torch.manual_seed(1)
+    save_checkpoint(load_reward_model(tiny_checkpoint), load_tokenizer(tiny_checkpoint), path)
+    return str(path)
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+@pytest.fixture
+def make_tree(tiny_checkpoint, tiny_reward_checkpoint, demo_files, tmp_path):
+    """``make_tree(schedule, preference, **{"dotted.key": value})`` -> config dict.
+
+    Sized for seconds per run: 8 records per file, 2 rounds, 1-2 steps per
+    phase, 4 new tokens. PPO gets the tiny reward model unless
+    ``model.reward=None`` asks the run to train one first.
+    """
+
+    def build(schedule: str = "hbat", preference: str = "dpo", name: str | None = None, **overrides) -> dict:
+        tree = {
+            "run": {"name": name or f"{schedule}-{preference}", "output_dir": str(tmp_path / "runs"), "seed": 0},
+            "model": {"policy": tiny_checkpoint, "reward": tiny_reward_checkpoint if preference == "ppo" else None},
+            "data": {
+                "sft": demo_files["sft"],
+                "preference": demo_files["preference"],
+                "prompts": demo_files["prompts"],
+                "max_prompt_len": 48,
+                "max_len": 128,
+                "limit": 8,
+            },
+            "resources": {"torch_threads": 1},
+            "schedule": {"name": schedule, "preference": preference, "rounds": 2},
+            "sft": {"batch_size": 2, "steps_per_phase": 2, "optim": {"lr": 1e-3}},
+            "dpo": {"batch_size": 2, "steps_per_phase": 2, "optim": {"lr": 1e-3}},
+            "ppo": {
+                "prompts_per_step": 2,
+                "samples_per_prompt": 2,
+                "steps_per_phase": 1,
+                "max_new_tokens": 4,
+                "mini_batch_size": 4,
+                "optim": {"lr": 1e-3},
+            },
+            "reward_model": {"batch_size": 2, "max_steps": 1},
+            "ewc": {"method": "modified", "strength": 10.0},
+            "logging": {"tensorboard": False, "progress": False},
+        }
+        for key, value in overrides.items():
+            _set(tree, key, copy.deepcopy(value))
+        return tree
+
+    return build
