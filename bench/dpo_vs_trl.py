@@ -29,7 +29,7 @@ With ``--sft`` the same is done for one SFT step (hbat ``LossPart("sft")`` vs
 
 Usage::
 
-    python bench/dpo_vs_trl.py                      # smollm2-135m, K=5, 3 rounds
+    python bench/dpo_vs_trl.py                      # smollm2-135m, K=4, 3 rounds
     python bench/dpo_vs_trl.py --sft                # plus the SFT comparison
     python bench/dpo_vs_trl.py --tiny --steps 3 --rounds 2   # seconds-long smoke
 
@@ -116,21 +116,38 @@ def conversational_records(records) -> list[dict]:
 
 
 # ------------------------------------------------------------------------ timing
+def clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def gaps(marks: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds between consecutive clock marks."""
+    return ([b[0] - a[0] for a, b in zip(marks, marks[1:])],
+            [b[1] - a[1] for a, b in zip(marks, marks[1:])])
+
+
 @dataclass
 class Series:
-    """Timed steps of one system: per round, the per-step seconds after the warm-up step."""
+    """Timed steps of one system: per round, the per-step wall and CPU seconds after the warm-up step.
+
+    CPU seconds (``time.process_time``: this process, all threads) are much less
+    sensitive than wall time to other processes competing for the cores.
+    """
 
     name: str
     rounds: list[list[float]] = field(default_factory=list)
+    cpu_rounds: list[list[float]] = field(default_factory=list)
 
-    def all(self) -> list[float]:
-        return [t for r in self.rounds for t in r]
+    def add(self, wall: list[float], cpu: list[float]) -> None:
+        self.rounds.append(list(wall))
+        self.cpu_rounds.append(list(cpu))
 
-    def median(self) -> float:
-        return statistics.median(self.all())
+    def median(self, cpu: bool = False) -> float:
+        return statistics.median([t for r in (self.cpu_rounds if cpu else self.rounds) for t in r])
 
-    def round_medians(self) -> list[float]:
-        return [statistics.median(r) for r in self.rounds]
+    def round_medians(self, cpu: bool = False) -> list[float]:
+        return [statistics.median(r) for r in (self.cpu_rounds if cpu else self.rounds)]
 
 
 def make_timer_callback():
@@ -140,8 +157,8 @@ def make_timer_callback():
         """Records wall-clock times at each optimizer step's begin/end, and every log."""
 
         def __init__(self):
-            self.begin: list[float] = []
-            self.end: list[float] = []
+            self.begin: list[tuple[float, float]] = []
+            self.end: list[tuple[float, float]] = []
             self.logs: list[dict] = []
             self.threads: int | None = None
             self.train_begin: float | None = None
@@ -153,22 +170,23 @@ def make_timer_callback():
             self.dtype = str(getattr(model, "dtype", "?"))
 
         def on_step_begin(self, args, state, control, **kw):
-            self.begin.append(time.perf_counter())
+            self.begin.append(clock())
 
         def on_step_end(self, args, state, control, **kw):
-            self.end.append(time.perf_counter())
+            self.end.append(clock())
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 self.logs.append({"step": state.global_step, **logs})
 
-        def intervals(self) -> list[float]:
-            """Seconds per step, step end to step end, the first (warm-up) step excluded."""
-            return [b - a for a, b in zip(self.end, self.end[1:])]
+        def intervals(self) -> tuple[list[float], list[float]]:
+            """(wall, CPU) seconds per step, step end to step end, the first (warm-up) step excluded."""
+            return gaps(self.end)
 
-        def compute_only(self) -> list[float]:
-            """Step begin -> end (no data loading / logging), warm-up excluded."""
-            return [e - b for b, e in zip(self.begin[1:], self.end[1:])]
+        def compute_only(self) -> tuple[list[float], list[float]]:
+            """(wall, CPU) seconds from step begin to step end (no data loading / logging), warm-up excluded."""
+            pairs = list(zip(self.begin[1:], self.end[1:]))
+            return [e[0] - b[0] for b, e in pairs], [e[1] - b[1] for b, e in pairs]
 
     return StepTimes()
 
@@ -257,22 +275,25 @@ def hbat_dpo_round(args, policy, ref, batch):
     from hbat.actors.policy import LossPart
 
     policy.begin_phase("preference", optim_settings(args), total_steps=args.steps)
-    policy_s, total_s, ref_s, metrics, ref_logps0 = [], [], [], [], None
+    marks, metrics, ref_logps0 = [], [], None
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         ref_logps = ref.sequence_logps(batch)
-        t1 = time.perf_counter()
+        t1 = clock()
         m = policy.train_step([LossPart("pairwise", {**batch, "ref_logps": ref_logps},
                                         options={"loss": "dpo", "beta": args.beta})])
-        t2 = time.perf_counter()
+        t2 = clock()
         if ref_logps0 is None:
             ref_logps0 = ref_logps
-        ref_s.append(t1 - t0)
-        policy_s.append(t2 - t1)
-        total_s.append(t2 - t0)
+        marks.append((t0, t1, t2))
         metrics.append(m)
     policy.end_phase({"method": "none"})
-    return {"policy": policy_s[1:], "total": total_s[1:], "ref": ref_s[1:], "metrics": metrics,
+    timed = marks[1:]  # the first step is warm-up
+
+    def span(i, j):
+        return [m[j][0] - m[i][0] for m in timed], [m[j][1] - m[i][1] for m in timed]
+
+    return {"policy": span(1, 2), "total": span(0, 2), "ref": span(0, 1), "metrics": metrics,
             "threads": torch.get_num_threads(), "ref_logps0": ref_logps0}
 
 
@@ -295,29 +316,36 @@ def run_dpo(args, model_path, tokenizer, data_dir, log):
     first_hbat = first_trl = None
     token_note = None
     threads_seen = set()
+    loads = []
     for r in range(args.rounds):
         order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
         for system in order:
             t0 = time.perf_counter()
+            load0 = os.getloadavg()[0]
             if system == "hbat":
                 res = hbat_dpo_round(args, policy, ref, batch)
-                hb_policy.rounds.append(res["policy"])
-                hb_total.rounds.append(res["total"])
-                hb_ref.rounds.append(res["ref"])
+                hb_policy.add(*res["policy"])
+                hb_total.add(*res["total"])
+                hb_ref.add(*res["ref"])
                 threads_seen.add(res["threads"])
                 first_hbat = first_hbat or res
-                detail = f"median policy {statistics.median(res['policy']):.2f} s, with ref {statistics.median(res['total']):.2f} s"
+                detail = (f"median policy {statistics.median(res['policy'][0]):.2f} s, "
+                          f"with ref {statistics.median(res['total'][0]):.2f} s "
+                          f"(CPU {statistics.median(res['total'][1]):.2f} s)")
             else:
                 timer, note = trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens=r == 0)
                 token_note = token_note or note
                 if len(timer.end) != args.steps:
                     raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
-                trl.rounds.append(timer.intervals())
-                trl_compute.rounds.append(timer.compute_only())
+                trl.add(*timer.intervals())
+                trl_compute.add(*timer.compute_only())
                 threads_seen.add(timer.threads)
                 first_trl = first_trl or timer
-                detail = f"median {statistics.median(timer.intervals()):.2f} s/step"
-            log(f"  round {r + 1}/{args.rounds} {system:4s}: {detail}  (round wall {time.perf_counter() - t0:.1f} s)")
+                wall, cpu = timer.intervals()
+                detail = f"median {statistics.median(wall):.2f} s/step (CPU {statistics.median(cpu):.2f} s)"
+            loads.append((r + 1, system, load0, os.getloadavg()[0]))
+            log(f"  round {r + 1}/{args.rounds} {system:4s}: {detail}  "
+                f"(round wall {time.perf_counter() - t0:.1f} s, load avg {load0:.1f} -> {loads[-1][3]:.1f})")
 
     # --- loss agreement (round 1 of each system starts from the same weights)
     hb_losses = [m["pref/loss"] for m in first_hbat["metrics"]]
@@ -341,7 +369,7 @@ def run_dpo(args, model_path, tokenizer, data_dir, log):
                  (hb_total, "reference forward + policy step"),
                  (trl, "one optimizer step incl. reference forward")],
         "trl": trl, "extra": [hb_ref, trl_compute], "checks": checks, "token_note": token_note,
-        "threads": sorted(threads_seen),
+        "threads": sorted(threads_seen), "loads": loads,
     }
 
 
@@ -371,13 +399,14 @@ def hbat_sft_round(args, policy, batch):
     from hbat.actors.policy import LossPart
 
     policy.begin_phase("sft", optim_settings(args), total_steps=args.steps)
-    times, metrics = [], []
+    marks, metrics = [], []
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         metrics.append(policy.train_step([LossPart("sft", batch)]))
-        times.append(time.perf_counter() - t0)
+        marks.append((t0, clock()))
     policy.end_phase({"method": "none"})
-    return times[1:], metrics
+    timed = marks[1:]  # the first step is warm-up
+    return ([b[0] - a[0] for a, b in timed], [b[1] - a[1] for a, b in timed]), metrics
 
 
 def run_sft(args, model_path, tokenizer, data_dir, log):
@@ -391,22 +420,26 @@ def run_sft(args, model_path, tokenizer, data_dir, log):
     hb, trl = Series("hbat sft step"), Series("TRL SFTTrainer")
     first_hbat = first_trl = None
     threads_seen = set()
+    loads = []
     for r in range(args.rounds):
         order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
         for system in order:
+            load0 = os.getloadavg()[0]
             if system == "hbat":
-                times, metrics = hbat_sft_round(args, policy, batch)
-                hb.rounds.append(times)
+                (wall, cpu), metrics = hbat_sft_round(args, policy, batch)
                 first_hbat = first_hbat or metrics
                 threads_seen.add(torch.get_num_threads())
-                detail = statistics.median(times)
             else:
                 timer = trl_sft_round(args, model_path, tokenizer, examples)
-                trl.rounds.append(timer.intervals())
+                if len(timer.end) != args.steps:
+                    raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
+                wall, cpu = timer.intervals()
                 first_trl = first_trl or timer
                 threads_seen.add(timer.threads)
-                detail = statistics.median(timer.intervals())
-            log(f"  round {r + 1}/{args.rounds} {system:4s}: median {detail:.2f} s/step")
+            (hb if system == "hbat" else trl).add(wall, cpu)
+            loads.append((r + 1, system, load0, os.getloadavg()[0]))
+            log(f"  round {r + 1}/{args.rounds} {system:4s}: median {statistics.median(wall):.2f} s/step "
+                f"(CPU {statistics.median(cpu):.2f} s)  (load avg {load0:.1f} -> {loads[-1][3]:.1f})")
     del policy
     gc.collect()
     hb_losses = [m["sft/loss"] for m in first_hbat]
@@ -414,16 +447,16 @@ def run_sft(args, model_path, tokenizer, data_dir, log):
     return {
         "kind": "SFT", "tokens": n_tokens, "shape": shape,
         "rows": [(hb, "one SFT optimizer step"), (trl, "one SFT optimizer step")],
-        "trl": trl, "extra": [], "token_note": None, "threads": sorted(threads_seen),
+        "trl": trl, "extra": [], "token_note": None, "threads": sorted(threads_seen), "loads": loads,
         "checks": {"step0_loss": (hb_losses[0], trl_losses[0]), "trajectory": (hb_losses, trl_losses),
                    "grad_norm0": (first_hbat[0]["optim/grad_norm"], first_trl.logs[0].get("grad_norm", float("nan")))},
     }
 
 
 # ------------------------------------------------------------------------ report
-def paired_ratio(a: Series, b: Series) -> tuple[float, list[float]]:
+def paired_ratio(a: Series, b: Series, cpu: bool = False) -> tuple[float, list[float]]:
     """Median over rounds of (round median of a) / (round median of b)."""
-    per_round = [x / y for x, y in zip(a.round_medians(), b.round_medians())]
+    per_round = [x / y for x, y in zip(a.round_medians(cpu), b.round_medians(cpu))]
     return statistics.median(per_round), per_round
 
 
@@ -431,23 +464,32 @@ def section(res: dict, args) -> list[str]:
     trl: Series = res["trl"]
     lines = [f"### {res['kind']}: {res['shape'][0]} sequences x {res['shape'][1]} positions, "
              f"{res['tokens']} non-pad tokens per step", ""]
-    lines += ["| system | what one step is | median s/step | tokens/s | ratio hbat/TRL |",
-              "|---|---|---:|---:|---:|"]
+    lines += ["| system | what one step is | median s/step (wall) | tokens/s (wall) | ratio hbat/TRL (wall) "
+              "| median CPU s/step | ratio hbat/TRL (CPU) |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for s, what in res["rows"]:
-        med = s.median()
+        med, cmed = s.median(), s.median(cpu=True)
         ratio = "1 (baseline)" if s is trl else f"{paired_ratio(s, trl)[0]:.2f}"
-        lines.append(f"| {s.name} | {what} | {med:.2f} | {res['tokens'] / med:.0f} | {ratio} |")
+        cratio = "1 (baseline)" if s is trl else f"{paired_ratio(s, trl, cpu=True)[0]:.2f}"
+        lines.append(f"| {s.name} | {what} | {med:.2f} | {res['tokens'] / med:.0f} | {ratio} | {cmed:.2f} | {cratio} |")
     lines += ["", f"ratio = median over rounds of (hbat round median s/step) / (TRL round median s/step), "
                   f"measured in alternating rounds; below 1 means hbat is faster. "
+                  f"CPU s/step = CPU seconds of the benchmark process (all threads) per step, "
+                  f"less sensitive than wall time to other processes on the machine. "
                   f"{len(trl.rounds)} rounds x {args.steps - 1} timed steps per system "
                   f"(first step of each round excluded as warm-up).", ""]
     for s, _ in res["rows"]:
         if s is not trl:
-            _, per = paired_ratio(s, trl)
-            lines.append(f"- per-round ratio {s.name} / TRL: " + ", ".join(f"{x:.2f}" for x in per))
+            for cpu in (False, True):
+                _, per = paired_ratio(s, trl, cpu)
+                lines.append(f"- per-round ratio {s.name} / TRL ({'CPU' if cpu else 'wall'}): "
+                             + ", ".join(f"{x:.2f}" for x in per))
     for s in [s for s, _ in res["rows"]] + res["extra"]:
-        lines.append(f"- {s.name} s/step by round: "
-                     + "; ".join("[" + ", ".join(f"{t:.2f}" for t in r) + "]" for r in s.rounds))
+        for label, rounds in (("wall", s.rounds), ("CPU", s.cpu_rounds)):
+            lines.append(f"- {s.name} {label} s/step by round: "
+                         + "; ".join("[" + ", ".join(f"{t:.2f}" for t in r) + "]" for r in rounds))
+    lines.append("- 1-min load average (start -> end) of each round: "
+                 + "; ".join(f"{r}/{sysname} {a:.1f}->{b:.1f}" for r, sysname, a, b in res["loads"]))
     lines.append(f"- torch threads seen during the timed steps: {res['threads']}; TRL model checked to train in "
                  "float32 without activation checkpointing, like hbat")
     if res["token_note"]:
@@ -511,7 +553,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2-135m", help="hbat model reference (embedded name, folder, hub id)")
     ap.add_argument("--tiny", action="store_true", help="quick smoke on a tiny random checkpoint (ignores --model)")
     ap.add_argument("--pairs", type=int, default=8, help="preference pairs (and SFT examples) per batch")
-    ap.add_argument("--steps", type=int, default=5, help="K optimizer steps per system per round (first is warm-up)")
+    ap.add_argument("--steps", type=int, default=4, help="K optimizer steps per system per round (first is warm-up)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (median over all)")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--beta", type=float, default=0.1)
@@ -533,6 +575,9 @@ def main(argv=None) -> int:
         raise SystemExit("this benchmark needs TRL: pip install 'trl>=1.16,<2'") from None
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")  # deprecation chatter
     torch.set_num_threads(args.threads)
     import transformers
 

@@ -53,11 +53,23 @@ def _autoscale(value: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{value}'")
+    return n
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve",
         help="serve a policy (OpenAI-compatible API) and/or a reward model with Ray Serve",
-        description=__doc__.split("\n\n")[0],
+        description="Put a policy (OpenAI-compatible API) and/or a reward model online with Ray Serve. "
+        "The policy answers at /v1/chat/completions, /v1/completions and /v1/models; the reward "
+        "model at POST /v1/reward. See deploy/README.md.",
     )
     p.add_argument("--checkpoint", help="policy checkpoint: RUN_DIR/final, any HF folder, hub id or smollm2-135m")
     p.add_argument("--reward-checkpoint", help="reward-model checkpoint, served at POST /v1/reward")
@@ -71,7 +83,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     keys.add_argument("--api-key-env", help="require 'Authorization: Bearer <key>', key read from this env var")
     keys.add_argument("--api-key-file", help="require a key; keys read from this file (one per line)")
     scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--num-replicas", type=int, help="fixed number of replicas per model (default 1)")
+    scale.add_argument("--num-replicas", type=_positive_int, help="fixed number of replicas per model (default 1)")
     scale.add_argument("--autoscale", type=_autoscale, metavar="MIN,MAX", help="Serve autoscaling between MIN and MAX")
     p.add_argument("--target-ongoing-requests", type=float, default=2.0,
                    help="autoscaling target of in-flight requests per replica (default 2)")
@@ -86,7 +98,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (413 above)")
     p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
                    help="keep serving until Ctrl-C (default); --no-blocking returns once the apps are up")
-    p.set_defaults(handler=run)
+    p.set_defaults(func=run)
     return p
 
 
@@ -119,7 +131,8 @@ def app_specs(args: argparse.Namespace) -> list[AppSpec]:
         "api_key_file": os.path.abspath(args.api_key_file) if args.api_key_file and local else args.api_key_file,
     }
     if args.weight_version is not None:
-        common["weight_version"] = int(args.weight_version) if str(args.weight_version).isdigit() else args.weight_version
+        version = args.weight_version
+        common["weight_version"] = int(version) if str(version).isdigit() else version
     if args.autoscale:
         lo, hi = args.autoscale
         common["autoscaling_config"] = {
@@ -199,12 +212,14 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print("serving; Ctrl-C to stop")
-    stop.wait()
-    for spec in specs:
-        serve.delete(spec.name)
+    print("serving; Ctrl-C to stop", flush=True)
+    while not stop.wait(1.0):
+        pass
     if args.address is None:
-        serve.shutdown()
+        serve.shutdown()  # our own local Ray: take everything down
+    else:
+        for spec in specs:  # a shared cluster: remove only what we deployed
+            serve.delete(spec.name)
     return 0
 
 
@@ -221,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     ns = parser.parse_args(argv)
-    return ns.handler(ns)
+    return ns.func(ns)
 
 
 if __name__ == "__main__":

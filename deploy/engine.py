@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from hbat.deploy.sampling import SamplingParams, adjust_logits, choose, logprob_info, make_generator
+from hbat.deploy.sampling import (
+    SamplingParams,
+    adjust_logits,
+    choose,
+    logprob_info,
+    make_generator,
+)
 from hbat.models import load_causal_lm, load_tokenizer
 
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
@@ -136,7 +142,7 @@ class TransformersEngine:
                 if params.logprobs and not ev.is_stop_token:
                     ev.logprob = float(picked[r])
                     if k:
-                        ev.top_logprobs = [(int(i), float(v)) for i, v in zip(top_ids[r], top_vals[r])]
+                        ev.top_logprobs = [(int(i), float(v)) for i, v in zip(top_ids[r], top_vals[r], strict=True)]
                 done[r] = ev.finish_reason is not None
                 events.append(ev)
             yield events

@@ -103,6 +103,14 @@ def validation_error(exc: RequestValidationError) -> APIError:
         )
     if kind == "missing" and tuple(first.get("loc", ())) == ("body",):
         return bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    if tuple(first.get("loc", ())) == ("body",) and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return bad_request(
+            "The request body must be a JSON object (send it with Content-Type: application/json).",
+            code="invalid_json",
+        )
+    errors = _drop_other_union_branches(errors)
+    first = errors[0]
+    kind = first.get("type", "")
     msgs = []
     seen = set()
     for err in errors:
@@ -121,6 +129,25 @@ def validation_error(exc: RequestValidationError) -> APIError:
     suffix = f" (and {more} more)" if more > 0 else ""
     return bad_request("Invalid request: " + "; ".join(msgs) + suffix, param=param_path(first.get("loc", ())),
                        code="missing_required_parameter" if kind == "missing" else "invalid_value")
+
+
+_TYPE_MISMATCH = frozenset({
+    "string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type",
+    "model_type", "model_attributes_type", "none_required",
+})
+
+
+def _drop_other_union_branches(errors: list[dict]) -> list[dict]:
+    """For a union field (``str | list[...]``) pydantic reports every branch;
+    keep the branch the client evidently meant: drop a plain type mismatch
+    when another error on the same field (or inside it) says more."""
+    params = [(param_path(e.get("loc", ())) or "", e) for e in errors]
+    kept = [
+        e for p, e in params
+        if e.get("type") not in _TYPE_MISMATCH
+        or not any(q.startswith(p) and o.get("type") not in _TYPE_MISMATCH for q, o in params if o is not e)
+    ]
+    return kept or errors
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -142,9 +169,12 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = f"Method {request.method} is not allowed on {request.url.path}"
         else:
             msg = str(exc.detail)
-        code = "request_too_large" if exc.status_code == 413 else None
+        code = {413: "request_too_large"}.get(exc.status_code)
+        if exc.status_code == 400 and "parsing the body" in msg:  # FastAPI: undecodable or too deep JSON
+            msg, code = "We could not parse the JSON body of your request.", "invalid_json"
         return APIError(exc.status_code, msg, code=code).response()
 
     @app.exception_handler(json.JSONDecodeError)
     async def _json(_: Request, exc: json.JSONDecodeError):
-        return bad_request(f"We could not parse the JSON body of your request ({exc.msg}).", code="invalid_json").response()
+        msg = f"We could not parse the JSON body of your request ({exc.msg})."
+        return bad_request(msg, code="invalid_json").response()

@@ -5,7 +5,7 @@ Pure torch on a [rows, vocab] logits tensor:
 * ``logit_bias`` is added first, then presence/frequency penalties as OpenAI
   defines them: ``logit[j] -= frequency_penalty * count[j] + presence_penalty * (count[j] > 0)``
   over the tokens generated so far;
-* ``temperature == 0`` is greedy; otherwise logits are divided by the
+* ``temperature == 0`` (or below 1e-5) is greedy; otherwise logits are divided by the
   temperature, cut to ``top_k`` (0 = off) and to the smallest nucleus with
   probability >= ``top_p``, and sampled with the request's own
   ``torch.Generator`` (a ``seed`` makes the answer reproducible; no global RNG
@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+#: temperatures below this are treated as 0 (greedy): dividing by them overflows
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -76,7 +79,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
     """Next token per row: [rows] (long)."""
-    if params.temperature == 0.0:
+    if params.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     scaled = filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
     probs = torch.softmax(scaled, dim=-1)

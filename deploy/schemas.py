@@ -64,7 +64,7 @@ class _Sampling(_Request):
     top_k: Annotated[Int, Field(ge=0)] | None = None
     n: Annotated[Int, Field(ge=1)] = 1
     stop: Str | Annotated[list[Str], Field(max_length=4)] | None = None
-    seed: Int | None = None
+    seed: Annotated[Int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     presence_penalty: Annotated[Num, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[Num, Field(ge=-2.0, le=2.0)] = 0.0
     logit_bias: dict[str, Annotated[Num, Field(ge=-100.0, le=100.0)]] | None = None

@@ -147,7 +147,6 @@ class DPOConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     batch_size: int = Field(8, gt=0)
     steps_per_phase: int | None = Field(None, gt=0)
-    curriculum: bool = False  # order pairs easy -> hard by "margin"/"quality_gap" field
     optim: OptimConfig = OptimConfig(lr=5e-7)
 
 
@@ -165,7 +164,7 @@ class ScheduleConfig(Section):
     name: Literal["hbat", "alternating", "two_stage", "ptx", "joint", "sft_only"] = "hbat"
     preference: Literal["ppo", "dpo"] = "ppo"
     rounds: int = Field(10, gt=0)  # T in the paper
-    sft_warmup_steps: int = Field(0, ge=0)
+    sft_warmup_steps: int = Field(0, ge=0)  # optional SFT warm-up phase on all instruction data first
     mix_coef: float = Field(0.5, ge=0)  # ptx / joint: weight of the SFT term
 
 

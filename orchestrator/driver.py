@@ -42,7 +42,7 @@ from hbat.orchestrator.data import (
 )
 from hbat.orchestrator.metrics import MetricsLogger
 from hbat.orchestrator.placement import Placement
-from hbat.orchestrator.schedules import SCHEDULES, Phase
+from hbat.orchestrator.schedules import Phase, build_plan
 
 log = logging.getLogger("hbat")
 
@@ -56,7 +56,7 @@ class Driver:
         self.resume = resume
         self.ckpt = CheckpointManager(self.run_dir)
         self.state = RunState()
-        self.plan: list[Phase] = SCHEDULES[cfg.schedule.name](cfg)
+        self.plan: list[Phase] = build_plan(cfg)
         self._validate_names()
 
     # ------------------------------------------------------------------ setup
@@ -231,6 +231,8 @@ class Driver:
 
     def _phase_steps(self, phase: Phase) -> int:
         c = self.cfg
+        if phase.steps is not None:
+            return phase.steps
         data, bs = self._phase_data(phase)
         fixed = c.sft.steps_per_phase if phase.kind == "sft" else (
             c.ppo.steps_per_phase if c.schedule.preference == "ppo" else c.dpo.steps_per_phase)
@@ -285,6 +287,7 @@ class Driver:
         ewc = c.ewc.model_dump(exclude={"fisher_batches"}) if phase.record_anchor else {"method": "none"}
         fisher = self._fisher_batches(phase, data) if phase.record_anchor and c.ewc.method == "fisher" else None
         end_stats = ray.get(self.policy.first("end_phase", ewc, fisher))
+        self._sync_rollout()  # after every optimiser phase: the next PPO phase must not sample a stale policy
         eval_stats = self.evaluate()
         self.metrics.log(self.state.global_step, {**end_stats, **eval_stats}, phase=phase.name)
         self.state.completed_phases.append(phase.name)

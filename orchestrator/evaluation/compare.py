@@ -34,6 +34,7 @@ from pydantic import Field, ValidationError, model_validator
 from hbat.models.atomic import atomic_write_bytes
 from hbat.orchestrator.config import ConfigError, Section, _resolve_relative_paths, _set_dotted, parse_overrides, \
     validate_config
+from hbat.orchestrator.evaluation.actors import EvalActors
 from hbat.orchestrator.evaluation.evalset import load_eval_set
 from hbat.orchestrator.evaluation.evaluate import _WORKER_ENV, evaluate_model, read_metrics
 from hbat.orchestrator.evaluation.report import compare_markdown
@@ -47,6 +48,7 @@ DEFAULT_METHODS = ["sft_only"] + [f"{s}-{p}" for p in ("ppo", "dpo") for s in SC
 DEFAULT_TABLE = ["reward/score", "winrate/rm", "winrate/judge", "demo/exact", "demo/style", "rouge/rougeL",
                  "ifeval/prompt_strict", "kl/seq", "length/tokens"]
 START = "start"
+BASELINE_SUITES = ("winrate", "judge")
 
 
 class MethodSpec(Section):
@@ -72,7 +74,7 @@ class CompareConfig(Section):
     output_dir: str = "runs/compare"
     train_config: str | None = None  # a training YAML; ``train`` is merged over it
     train: dict[str, Any] = {}  # training config tree (the same keys as `hbat train` configs)
-    demo_data: str | None = None  # write the built-in demo task here first if it is absent
+    demo_data: str | None = None  # the built-in demo task: written here if absent; fills unset train.data keys
     methods: list[str | MethodSpec] = DEFAULT_METHODS
     seeds: list[int] = Field([0], min_length=1)
     baseline: str | None = "sft_only"  # a method name, "start" (the untrained model) or null
@@ -81,7 +83,12 @@ class CompareConfig(Section):
     eval: EvalConfig = EvalConfig()
     table: list[str] = DEFAULT_TABLE  # metric columns (absent ones are dropped)
     contrasts: list[tuple[str, str]] | None = None  # null -> hbat-X vs two_stage-X for each X run
+    # held-out prompts each training run answers after every phase (its eval/reward curve): the first N of
+    # train.data.eval_prompts; 0 = no per-phase probe (faster; curves then show the SFT loss only); null = all
+    probe_prompts: int | None = Field(16, ge=0)
     plots: bool = True
+    keep_checkpoints: bool = False  # resumable training checkpoints of finished runs (large: optimizer + EWC anchors)
+    keep_final: bool = True  # each run's final HF checkpoint (deleted after evaluation when false)
 
     @model_validator(mode="after")
     def _check(self):
@@ -155,6 +162,10 @@ def load_compare_config(path: str | Path | None, overrides: list[str] | None = N
         train_tree = yaml.safe_load(tp.read_text()) or {}
         _resolve_relative_paths(train_tree, tp.parent)
     train_tree = _merge(train_tree, cfg.train)
+    if cfg.demo_data:  # the demo task's files fill whatever data keys are not set
+        data = train_tree.setdefault("data", {})
+        for key in ("sft", "preference", "prompts", "eval_sft", "eval_prompts"):
+            data.setdefault(key, str(Path(cfg.demo_data) / f"{key}.jsonl"))
     _resolve_relative_paths(train_tree, base)
     if cfg.eval.data and not Path(cfg.eval.data).exists() and (base / cfg.eval.data).exists():
         cfg.eval.data = str(base / cfg.eval.data)
@@ -176,6 +187,17 @@ class Comparison:
         self.specs = cfg.specs()
         self.reused: list[str] = []
         self.runs: list[dict] = []
+        self._actors: EvalActors | None = None
+
+    @property
+    def actors(self) -> EvalActors:
+        """One set of evaluation actors for the whole comparison, started on first use."""
+        if self._actors is None:
+            suites = self.cfg.eval.suites
+            wants = (lambda *names: suites == "auto" or any(n in suites for n in names))
+            self._actors = EvalActors(self.start_model, self._eval_cfg(True),
+                                      reward=bool(self.rm) and wants("reward", "winrate"), kl=wants("kl"))
+        return self._actors
 
     # -- setup
     def prepare(self) -> None:
@@ -185,11 +207,22 @@ class Comparison:
             if not (Path(self.cfg.demo_data) / "sft.jsonl").exists():
                 log.info("writing the demo task to %s", self.cfg.demo_data)
                 make_demo_data(self.cfg.demo_data)
-        data = self.base_tree.get("data", {})
+        data = self.base_tree.setdefault("data", {})
         if not self.cfg.eval.data:
             self.cfg.eval.data = data.get("eval_prompts")
         if not self.cfg.eval.data:
             raise ConfigError("no eval set: set eval.data (or train.data.eval_prompts)")
+        if data.get("eval_prompts") and self.cfg.probe_prompts is not None:
+            if self.cfg.probe_prompts == 0:
+                data.pop("eval_prompts")
+            else:
+                from hbat.orchestrator.data import iter_records
+
+                probe = self.out / "probe_prompts.jsonl"
+                self.out.mkdir(parents=True, exist_ok=True)
+                rows = [r.record for r in iter_records(data["eval_prompts"])][: self.cfg.probe_prompts]
+                atomic_write_bytes(probe, "".join(json.dumps(r) + "\n" for r in rows).encode())
+                data["eval_prompts"] = str(probe)
         # the same validation `hbat train` does, once per method, before anything starts
         for spec in self.specs:
             self._train_config(spec, self.cfg.seeds[0], reward="<shared>")
@@ -251,20 +284,28 @@ class Comparison:
         summary = train(cfg)
         train_s = time.time() - t0
         t1 = time.time()
-        res = evaluate_model(summary["final_checkpoint"], self._eval_cfg(), examples=self.examples,
-                             baseline_responses=baseline if spec.name != self.cfg.baseline else None,
-                             out_dir=eval_dir, name=f"{spec.name} seed {seed}")
+        opponent = baseline if spec.name != self.cfg.baseline else None
+        res = evaluate_model(summary["final_checkpoint"], self._eval_cfg(opponent is not None), examples=self.examples,
+                             baseline_responses=opponent, out_dir=eval_dir, name=f"{spec.name} seed {seed}",
+                             actors=self.actors)
         info = {"train_s": round(train_s, 1), "eval_s": round(time.time() - t1, 1),
                 "final": summary["final_checkpoint"], "global_steps": summary["global_steps"]}
+        if not self.cfg.keep_checkpoints:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        if not self.cfg.keep_final:
+            shutil.rmtree(summary["final_checkpoint"], ignore_errors=True)
         atomic_write_bytes(run_dir / "compare_run.json", json.dumps(info, indent=2).encode())
         return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": res.metrics, **info}, \
             res.responses
 
-    def _eval_cfg(self) -> EvalConfig:
+    def _eval_cfg(self, with_baseline: bool) -> EvalConfig:
+        """The shared eval settings; without an opponent the win-rate suites are left out."""
         e = self.cfg.eval.model_copy(deep=True)
         e.reward_model = e.reward_model or self.rm
         e.reference = e.reference or self.reference
         e.baseline = e.baseline_responses = None
+        if not with_baseline and e.suites != "auto":
+            e.suites = [s for s in e.suites if s not in BASELINE_SUITES]
         return e
 
     def run_start(self, baseline: list[str] | None) -> tuple[dict, list[str]]:
@@ -274,9 +315,10 @@ class Comparison:
             metrics, responses = read_metrics(eval_dir)
             return {"method": START, "seed": None, "metrics": metrics, "reused": True}, responses
         t1 = time.time()
-        res = evaluate_model(self.start_model, self._eval_cfg(), examples=self.examples,
-                             baseline_responses=None if self.cfg.baseline == START else baseline,
-                             out_dir=eval_dir, name="start (untrained)")
+        opponent = None if self.cfg.baseline == START else baseline
+        res = evaluate_model(self.start_model, self._eval_cfg(opponent is not None), examples=self.examples,
+                             baseline_responses=opponent, out_dir=eval_dir, name="start (untrained)",
+                             actors=self.actors)
         return {"method": START, "seed": None, "metrics": res.metrics, "eval_s": round(time.time() - t1, 1)}, \
             res.responses
 
@@ -296,16 +338,16 @@ class Comparison:
             started = True
         try:
             self.rm = self.shared_reward_model()
-            start_row = None
             start_responses = None
-            if self.cfg.include_start or self.cfg.baseline == START:
+            if self.cfg.baseline == START:
                 start_row, start_responses = self.run_start(None)
                 self.runs.append(start_row)
+            want_start = self.cfg.include_start and self.cfg.baseline != START
             order = sorted(self.specs, key=lambda s: s.name != self.cfg.baseline)
             total = len(order) * len(self.cfg.seeds)
             k = 0
             for seed in self.cfg.seeds:
-                baseline = start_responses if self.cfg.baseline == START else None
+                baseline = start_responses
                 for spec in order:
                     k += 1
                     log.info("[%d/%d] %s, seed %d", k, total, spec.name, seed)
@@ -313,10 +355,13 @@ class Comparison:
                     self.runs.append(row)
                     if spec.name == self.cfg.baseline:
                         baseline = responses
-            if start_row is not None and self.cfg.baseline not in (None, START):
-                # the untrained model against the baseline of the first seed
-                pass
+                    if want_start and (spec.name == self.cfg.baseline or self.cfg.baseline is None):
+                        # the untrained model, against the first seed's baseline
+                        self.runs.append(self.run_start(baseline)[0])
+                        want_start = False
         finally:
+            if self._actors is not None:
+                self._actors.close()
             if started:
                 ray.shutdown()
         summary = self.summarize(time.time() - t0)

@@ -16,6 +16,7 @@ import ray
 
 from hbat.models.atomic import atomic_write_bytes
 from hbat.orchestrator.data import DataError
+from hbat.orchestrator.evaluation.actors import EvalActors
 from hbat.orchestrator.evaluation.evalset import EvalExample, fingerprint, load_eval_set
 from hbat.orchestrator.evaluation.generation import Generations, generate
 from hbat.orchestrator.evaluation.report import eval_markdown
@@ -65,7 +66,10 @@ def read_responses(path: str | Path, examples: list[EvalExample]) -> list[str]:
 
 def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] | None = None,
                    baseline_responses: list[str] | None = None, out_dir: str | Path | None = None,
-                   name: str | None = None) -> EvalResult:
+                   name: str | None = None, actors: EvalActors | None = None) -> EvalResult:
+    """Evaluate ``model``. ``actors``: evaluation actors kept alive by the caller
+    (``hbat compare``); they are pointed at ``model`` first. Without them, the
+    actors are started here and stopped at the end."""
     t0 = time.time()
     if examples is None:
         if not cfg.data:
@@ -74,9 +78,13 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
     has_baseline = baseline_responses is not None or bool(cfg.baseline or cfg.baseline_responses)
     probe = Context(model, examples, Generations([], [], []), cfg, baseline=[] if has_baseline else None)
     suites = select_suites(cfg.suites, probe)  # fail on a missing input before any model loads
+    names = {s.name for s in suites}
     started = ensure_ray(cfg)
-    services: dict = {}
+    own = actors is None
+    ctx = None
     try:
+        if own:  # all actors start at once; their start-up overlaps the baseline's generation
+            actors = EvalActors(model, cfg, reward=bool(names & {"reward", "winrate"}), kl="kl" in names)
         baseline = baseline_responses
         if baseline is None and cfg.baseline_responses:
             baseline = read_responses(cfg.baseline_responses, examples)
@@ -84,8 +92,9 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
             baseline = generate(cfg.baseline, examples, cfg, desc=f"generate {_short(cfg.baseline)} (baseline)").responses
         if baseline is not None and len(baseline) != len(examples):
             raise ValueError(f"{len(baseline)} baseline responses for {len(examples)} prompts")
-        gen = generate(model, examples, cfg, desc=f"generate {name or _short(model)}")
-        ctx = Context(model, examples, gen, cfg, baseline=baseline, services=services)
+        actors.load(model)
+        gen = generate(model, examples, cfg, desc=f"generate {name or _short(model)}", actors=actors.rollout)
+        ctx = Context(model, examples, gen, cfg, baseline=baseline, services=actors.services())
         metrics: dict[str, Metric] = {}
         timings = {"generate_s": round(time.time() - t0, 1)}
         for suite in suites:
@@ -93,8 +102,10 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
             metrics.update(suite.run(ctx))
             timings[f"{suite.name}_s"] = round(time.time() - ts, 1)
     finally:
-        for s in services.values():
+        for s in (ctx.owned.values() if ctx is not None else []):
             s.close()
+        if own and actors is not None:
+            actors.close()
         if started:
             ray.shutdown()
     summary = {k: summarize(m, cfg.n_boot, cfg.seed) for k, m in metrics.items()}

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 import ray
+import torch
 from tqdm.auto import tqdm
 
 from hbat.actors.experience import Experience
@@ -61,16 +62,47 @@ def _end_ids(model: str, tok) -> set[int]:
     return ids
 
 
-def generate(model: str, examples: list[EvalExample], cfg: EvalConfig, desc: str = "generate") -> Generations:
-    """Greedy (or seeded sampled) responses of ``model`` to every example, in order."""
-    prompt_ids, tok = render_prompts(model, examples, cfg)
+class EvalRolloutWorker(RolloutWorker):
+    """A rollout worker that can switch to another checkpoint of the same model
+    family (same tokenizer) by loading its weights from storage, so a
+    comparison evaluates many checkpoints without restarting actors."""
+
+    def __init__(self, model: str, backend: str = "auto", dtype: str = "float32", threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        super().__init__(model, backend=backend, dtype=dtype)
+        self._dtype = dtype
+
+    def load_checkpoint(self, path: str) -> int:
+        if path == self.model_name:
+            return self._version
+        from hbat.models import load_causal_lm
+
+        state = load_causal_lm(path, dtype=self._dtype).state_dict()
+        version = self.update_weights(self._version + 1, state)
+        self.model_name = path
+        return version
+
+
+def spawn_rollout(model: str, cfg: EvalConfig) -> list:
     res = cfg.resources.rollout
-    actor_cls = ray.remote(RolloutWorker)
-    actors = [actor_cls.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
-        model, backend=cfg.backend, dtype=cfg.dtype) for _ in range(res.replicas)]
+    threads = torch_threads(cfg) if res.num_gpus == 0 else None
+    return [ray.remote(EvalRolloutWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+        model, backend=cfg.backend, dtype=cfg.dtype, threads=threads) for _ in range(res.replicas)]
+
+
+def generate(model: str, examples: list[EvalExample], cfg: EvalConfig, desc: str = "generate",
+             actors: list | None = None) -> Generations:
+    """Greedy (or seeded sampled) responses of ``model`` to every example, in order.
+
+    ``actors``: rollout actors already holding ``model`` (kept alive by the
+    caller); without them, replicas are started for this call and stopped after.
+    """
+    prompt_ids, tok = render_prompts(model, examples, cfg)
+    own = actors is None
+    if own:
+        actors = spawn_rollout(model, cfg)
     try:
-        if res.num_gpus == 0:
-            ray.get([a.set_threads.remote(torch_threads(cfg)) for a in actors])
         bs = cfg.batch_size
         starts = list(range(0, len(prompt_ids), bs))
         results: dict[int, Experience] = {}
@@ -93,8 +125,9 @@ def generate(model: str, examples: list[EvalExample], cfg: EvalConfig, desc: str
                 free.append(actor)
                 bar.update(len(results[b]))
     finally:
-        for a in actors:
-            ray.kill(a)
+        if own:
+            for a in actors:
+                ray.kill(a)
     exps = [results[b] for b in range(len(starts))]
     end = _end_ids(model, tok)
     texts, tokens, truncated = [], [], []

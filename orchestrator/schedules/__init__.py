@@ -18,4 +18,14 @@ SCHEDULES = {
     "sft_only": sft_only,
 }
 
-__all__ = ["Phase", "SCHEDULES"]
+
+
+def build_plan(cfg) -> list[Phase]:
+    """The schedule's phases, preceded by the optional SFT warm-up stage."""
+    plan = SCHEDULES[cfg.schedule.name](cfg)
+    if cfg.schedule.sft_warmup_steps:
+        plan = [Phase("sft", 0, 1, steps=cfg.schedule.sft_warmup_steps)] + plan
+    return plan
+
+
+__all__ = ["Phase", "SCHEDULES", "build_plan"]

@@ -23,10 +23,13 @@ class Phase:
     anchor: str | None = None
     record_anchor: bool = False
     sft_mix: float = 0.0
+    steps: int | None = None  # fixed step count (warm-up); None -> from the config
 
     @property
     def name(self) -> str:
         mix = f"+sft{self.sft_mix:g}" if self.sft_mix else ""
+        if self.steps is not None and self.num_shards == 1:
+            return f"{self.kind}-warmup"
         return f"{self.kind}{mix}[{self.shard + 1}/{self.num_shards}]"
 
     def to_dict(self) -> dict:

@@ -1,5 +1,4 @@
-"""Fixtures for the Serve tests: a tiny reward checkpoint and one local Ray
-for the whole deploy suite (reused if another suite already started it)."""
+"""Fixtures for the Serve tests: a tiny reward checkpoint and a local Ray."""
 
 from __future__ import annotations
 
@@ -27,10 +26,11 @@ def tiny_reward_checkpoint(tmp_path_factory, tiny_checkpoint):
         return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_for_serve(request):
     """Use the suite's ``ray_local`` fixture when the root conftest has one,
-    else start a 2-CPU local Ray for the deploy tests."""
+    else a 2-CPU local Ray for this module only (shut down after it, so
+    other suites that call ``ray.init`` themselves are not disturbed)."""
     import ray
 
     try:

@@ -6,6 +6,8 @@ Loss and advantage variants ride along with the schedules (they are
 orthogonal to them): DPO with ``dpo``, ``ipo``, ``slic``, ``cdpo`` and the
 point-wise ``ulma`` on ``data.pointwise``; PPO with GAE (critic), ``grpo``
 and ``rloo`` (critic-free), and one PPO run that trains its reward model first.
+Each case is a real run (fresh actors, placement group, checkpoints, final
+export); actor start-up (importing torch/transformers) dominates its time.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ PPO_CASES = [
     ("hbat", {"model.reward": None}),
     ("alternating", {"ppo.advantage": "grpo"}),
     ("two_stage", {}),
-    ("ptx", {}),
+    ("ptx", {"ppo.advantage": "grpo"}),
     ("joint", {"ppo.advantage": "rloo"}),
     ("sft_only", {}),
 ]

@@ -17,7 +17,7 @@ class Context:
 
     ``baseline`` holds the baseline's responses (same order) when a win-rate
     opponent was given. ``services`` holds long-lived helpers shared by suites
-    (e.g. the reward scorer), closed by the caller. ``extra`` collects
+    (the reward scorer, the KL actor), owned by the caller. ``extra`` collects
     non-metric results (distributions, per-instruction tables) for results.json.
     """
 
@@ -27,6 +27,7 @@ class Context:
     cfg: EvalConfig
     baseline: list[str] | None = None
     services: dict[str, Any] = field(default_factory=dict)
+    owned: dict[str, Any] = field(default_factory=dict)  # services a suite started itself (closed after)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

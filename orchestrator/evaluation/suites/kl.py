@@ -37,13 +37,18 @@ class KLWorker:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device)
-        self.policy = load_causal_lm(policy, dtype=dtype, device=self.device)
+        self.dtype = dtype
+        self.reference_name = reference
         self.reference = load_causal_lm(reference, dtype=dtype, device=self.device)
+        self.load_policy(policy)
+
+    def load_policy(self, policy: str) -> None:
+        self.policy = load_causal_lm(policy, dtype=self.dtype, device=self.device)
         vp = self.policy.get_output_embeddings().weight.shape[0]
         vr = self.reference.get_output_embeddings().weight.shape[0]
         if vp != vr:
-            raise ValueError(f"policy '{policy}' ({vp} tokens) and reference '{reference}' ({vr} tokens) do not "
-                             "share a vocabulary; KL needs the same tokenizer")
+            raise ValueError(f"policy '{policy}' ({vp} tokens) and reference '{self.reference_name}' ({vr} tokens) "
+                             "do not share a vocabulary; KL needs the same tokenizer")
 
     @torch.no_grad()
     def kl(self, exp: Experience) -> dict[str, list[float]]:
@@ -75,13 +80,18 @@ class KLSuite(Suite):
 
     def run(self, ctx: Context) -> dict[str, Metric]:
         cfg = ctx.cfg
-        res = cfg.resources.kl
-        actor = ray.remote(KLWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
-            ctx.model, cfg.reference, dtype=cfg.dtype, torch_threads=torch_threads(cfg) if res.num_gpus == 0 else None)
+        actor = ctx.services.get("kl")
+        own = actor is None
+        if own:
+            res = cfg.resources.kl
+            actor = ray.remote(KLWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+                ctx.model, cfg.reference, dtype=cfg.dtype,
+                torch_threads=torch_threads(cfg) if res.num_gpus == 0 else None)
         try:
             parts = ray.get([actor.kl.remote(exp) for exp in ctx.gen.experiences])
         finally:
-            ray.kill(actor)
+            if own:
+                ray.kill(actor)
         seq = [x for p in parts for x in p["seq"]]
         lr = [x for p in parts for x in p["logratio"]]
         ntok = [x for p in parts for x in p["tokens"]]

@@ -56,8 +56,8 @@ class RewardScorer:
 
 
 def scorer(ctx: Context) -> RewardScorer:
-    if "reward" not in ctx.services:
-        ctx.services["reward"] = RewardScorer(ctx.cfg.reward_model, ctx.cfg)
+    if "reward" not in ctx.services:  # normally started with the other eval actors (EvalActors)
+        ctx.services["reward"] = ctx.owned["reward"] = RewardScorer(ctx.cfg.reward_model, ctx.cfg)
     return ctx.services["reward"]
 
 

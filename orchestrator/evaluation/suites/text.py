@@ -41,8 +41,11 @@ class RougeSuite(Suite):
 
 
 def rouge_metrics(responses: list[str], references: list[list[str]], stemmer: bool = True) -> dict[str, Metric]:
+    import logging
+
     from rouge_score import rouge_scorer
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs every scorer it builds
     scorer = rouge_scorer.RougeScorer(list(RougeSuite.TYPES), use_stemmer=stemmer)
     out: dict[str, list] = {t: [] for t in RougeSuite.TYPES}
     for resp, refs in zip(responses, references):

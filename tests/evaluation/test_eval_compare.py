@@ -1,0 +1,87 @@
+"""``hbat compare`` on tiny models (configs/compare_tiny.yaml): two methods, one
+seed; the printed table is built from the numbers the runs wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_env(request):
+    try:
+        request.getfixturevalue("ray_local")
+        yield
+        return
+    except pytest.FixtureLookupError:
+        pass
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_eval_compare_config_validation(tmp_path):
+    from hbat.orchestrator.config import ConfigError
+    from hbat.orchestrator.evaluation.compare import DEFAULT_METHODS, load_compare_config, parse_method
+
+    cfg, tree = load_compare_config(REPO / "configs" / "compare_small.yaml")
+    assert [m.name for m in cfg.specs()] == DEFAULT_METHODS and len(DEFAULT_METHODS) == 11
+    assert tree["data"]["sft"].endswith("sft.jsonl") and tree["model"]["policy"] == "smollm2-135m"
+    assert parse_method("ptx-dpo").schedule == "ptx" and parse_method("sft_only").schedule == "sft_only"
+    for bad, msg in ((["methods=[hbat-sgd]"], "method 'hbat-sgd'"), (["baseline=joint-ppo", "methods=[sft_only]"],
+                                                                      "baseline 'joint-ppo'"),
+                     (["seeds=[]"], "seeds"), (["tabel=[x]"], "tabel: unknown key")):
+        with pytest.raises((ConfigError, ValueError), match=msg):
+            load_compare_config(REPO / "configs" / "compare_small.yaml", bad)
+    # contrasts default to hbat-X vs two_stage-X for the preferences that are run
+    cfg, _ = load_compare_config(None, ["methods=[hbat-dpo,two_stage-dpo,hbat-ppo]", "baseline=null"])
+    assert cfg.contrast_pairs() == [("hbat-dpo", "two_stage-dpo")]
+
+
+def test_eval_compare_tiny(ray_env, tiny_checkpoint, tmp_path, capsys):
+    from hbat.orchestrator.evaluation.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--config", str(REPO / "configs" / "compare_tiny.yaml"), "--no-progress",
+            f"train.model.policy={tiny_checkpoint}", f"output_dir={out}", f"demo_data={tmp_path / 'demo'}"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["methods"] == ["start", "sft_only", "hbat-dpo"] and summary["seeds"] == [0]
+    assert (out / "metrics.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    assert (out / "compare.md").read_text() in printed
+
+    # every table cell is the mean of what that run's own evaluation wrote
+    for method in ("sft_only", "hbat-dpo"):
+        run = out / "runs" / method / "seed0"
+        written = json.loads((run / "eval" / "results.json").read_text())["metrics"]
+        for k in summary["table_metrics"]:
+            if k in written:
+                assert summary["results"][method][k]["mean"] == pytest.approx(written[k]["mean"])
+        assert (run / "final" / "config.json").exists() and not (run / "checkpoints").exists()
+        cfg = (run / "config.yaml").read_text()
+        assert "name: seed0" in cfg and "seed: 0" in cfg
+    assert "winrate/rm" not in summary["results"]["sft_only"]  # the baseline is not compared with itself
+    assert summary["results"]["hbat-dpo"]["winrate/rm"]["n"] == 6
+    row = next(line for line in printed.splitlines() if line.startswith("| hbat-dpo |"))
+    assert f"{summary['results']['hbat-dpo']['reward/score']['mean']:.3f}" in row
+
+    # --resume reuses every finished run and says so; the numbers are unchanged
+    assert main(args + ["--resume"]) == 0
+    resumed = json.loads((out / "compare.json").read_text())
+    assert resumed["results"] == summary["results"]
+    assert set(resumed["reused"]) >= {"sft_only/seed0", "hbat-dpo/seed0", "start"}
+    assert "Reused from an earlier invocation" in capsys.readouterr().out
+    # without --resume a non-empty output folder is refused
+    assert main(args) == 2
