@@ -12,7 +12,8 @@ fixed number of ``POST /v1/chat/completions`` requests (greedy,
 ``max_tokens`` fixed) from that many concurrent clients, stopping early at a
 time cap. It prints req/s, p50/p99 latency and failures per level, the
 replica count over time (polled from ``serve.status()``), and whether a
-second replica started.
+second replica started. The report is also written to
+``bench/results/serve_load_tiny.md`` (``serve_load.md`` with ``--checkpoint``).
 
 Numbers depend on what else the machine runs: the load average is printed
 with the results.
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 
 def _free_port() -> int:
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replica-cpus", type=float, default=0.5)
     p.add_argument("--target-ongoing-requests", type=float, default=2.0)
     p.add_argument("--settle", type=float, default=3.0, help="seconds after the last level, still watching replicas")
+    p.add_argument("--out", help="where to write the report (default bench/results/serve_load[_tiny].md)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -140,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         from hbat.models import resolve_model_path
 
         resolve_model_path(checkpoint)  # convert an embedded model once, before replicas start
+
+    report: list[str] = []
+
+    def say(*parts, sep=" ", end="\n"):
+        text = sep.join(str(x) for x in parts)
+        print(text, end=end, flush=True)
+        report.append(text + end)
 
     t_init = time.time()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -171,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     monitor = ReplicaMonitor("policy", "PolicyServer", t0)
     monitor.start()
     serve.run(app, name="policy", route_prefix="/")
-    print(f"model: {label}; Serve up in {time.time() - t_init:.1f} s (Ray start included)")
-    print(f"autoscaling_config: {autoscaling}")
-    print(f"load: {args.requests} requests per level (time cap {args.time_cap:.0f} s), "
+    say(f"model: {label}; Serve up in {time.time() - t_init:.1f} s (Ray start included)")
+    say(f"autoscaling_config: {autoscaling}")
+    say(f"load: {args.requests} requests per level (time cap {args.time_cap:.0f} s), "
           f"max_tokens={args.max_tokens}, greedy, 127.0.0.1:{port}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    say(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
 
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = {"model": "bench", "messages": [{"role": "user", "content": "write a poem about the sea"}],
@@ -195,32 +205,40 @@ def main(argv: list[str] | None = None) -> int:
                      _pct(lat, 50) * 1000, _pct(lat, 99) * 1000, replicas_before, monitor.current(),
                      start_t, time.time() - t0))
         for f in fails[:3]:
-            print(f"  failure at c={c}: {f}")
+            say(f"  failure at c={c}: {f}")
     monitor.phase = "idle"
     time.sleep(args.settle)
     monitor.stop_event.set()
     monitor.join()
 
-    print(f"{'conc':>4} {'sent':>5} {'ok':>5} {'fail':>4} {'wall s':>7} {'req/s':>7} "
+    say(f"{'conc':>4} {'sent':>5} {'ok':>5} {'fail':>4} {'wall s':>7} {'req/s':>7} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'replicas':>9} {'t (s)':>12}")
     for c, sent, ok, failed, wall, rps, p50, p99, r0, r1, ts, te in rows:
-        print(f"{c:>4} {sent:>5} {ok:>5} {failed:>4} {wall:>7.2f} {rps:>7.2f} {p50:>8.1f} {p99:>8.1f} "
+        say(f"{c:>4} {sent:>5} {ok:>5} {failed:>4} {wall:>7.2f} {rps:>7.2f} {p50:>8.1f} {p99:>8.1f} "
               f"{f'{r0}->{r1}':>9} {f'{ts:.1f}-{te:.1f}':>12}")
 
-    print("\nreplicas over time (t from deploy; changes only):")
+    say("\nreplicas over time (t from deploy; changes only):")
     for t, running, starting, phase in monitor.samples:
-        print(f"  t={t:6.1f}s  running={running}  starting={starting}  [{phase}]")
+        say(f"  t={t:6.1f}s  running={running}  starting={starting}  [{phase}]")
     second = next(((t, phase) for t, running, _, phase in monitor.samples if running >= 2), None)
     if second:
-        print(f"\nsecond replica started: yes, running at t={second[0]:.1f}s (during {second[1]})")
+        say(f"\nsecond replica started: yes, running at t={second[0]:.1f}s (during {second[1]})")
     else:
-        print("\nsecond replica started: no")
-    print(f"failed requests: {total_failures}")
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        say("\nsecond replica started: no")
+    say(f"failed requests: {total_failures}")
+    say(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     serve.shutdown()
     ray.shutdown()
     tmp.cleanup()
+
+    default_name = "serve_load_tiny.md" if args.checkpoint is None else "serve_load.md"
+    out = Path(args.out or Path(__file__).parent / "results" / default_name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = " ".join(["python bench/serve_load.py", *(argv if argv is not None else sys.argv[1:])])
+    out.write_text(f"# Serve load test\n\nWritten by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M:%S')}.\n\n"
+                   "```\n" + "".join(report) + "```\n")
+    print(f"\nreport written to {out}")
     return 0 if total_failures == 0 else 1
 
 

@@ -15,10 +15,10 @@ Answer (the shape of OpenAI's embeddings list)::
      "data": [{"object": "reward", "index": 0, "score": 0.42}, ...],
      "usage": {"prompt_tokens": N, "total_tokens": N}}
 
-Texts are rendered exactly as reward-model training renders them
+Texts are rendered by the code reward-model training uses
 (:class:`hbat.orchestrator.data.Renderer`: the prompt through the chat
 template with the generation prompt, then the response and the end-of-turn
-token), so a served score equals the score the trainer's reward actor gives.
+token), so a served score equals the offline score of the same pair.
 Requests are tokenised and checked in the handler (a 400 names the bad
 ``input[i]``), then Serve's ``@serve.batch`` gathers concurrent requests
 into one call that scores every sequence in length-sorted micro-batches.

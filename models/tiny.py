@@ -93,8 +93,9 @@ def make_tiny_checkpoint(
     torch.manual_seed(seed)
     cls = {"causal_lm": LlamaForCausalLM, "sequence_classification": LlamaForSequenceClassification}[head]
     model = cls(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if getattr(model, "generation_config", None) is not None:  # causal LMs only
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import ray
 
 from hbat.models.atomic import atomic_write_bytes
+from hbat.orchestrator.config import ConfigError
 from hbat.orchestrator.data import DataError
 from hbat.orchestrator.evaluation.actors import EvalActors
 from hbat.orchestrator.evaluation.evalset import EvalExample, fingerprint, load_eval_set
@@ -73,7 +74,7 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
     t0 = time.time()
     if examples is None:
         if not cfg.data:
-            raise ValueError("no eval set: set eval data (--data)")
+            raise ConfigError("no eval set: give --data (eval data)")
         examples = load_eval_set(cfg.data, cfg.limit)
     has_baseline = baseline_responses is not None or bool(cfg.baseline or cfg.baseline_responses)
     probe = Context(model, examples, Generations([], [], []), cfg, baseline=[] if has_baseline else None)

@@ -108,8 +108,9 @@ def plot_curves(runs: list[tuple[str, int, str]], out: str | Path) -> Path | Non
         ax.set_xlabel("driver step", fontsize=7)
         ax.set_ylabel("eval/reward", color="tab:blue", fontsize=7)
         right.set_ylabel("SFT loss (eval ■, train ┄)", color="tab:orange", fontsize=7)
-        ax.tick_params(labelsize=7)
-        right.tick_params(labelsize=7)
+        for a in (ax, right):
+            a.tick_params(labelsize=7)
+            a.ticklabel_format(axis="y", useOffset=False)
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
     fig.suptitle("training curves: held-out reward and SFT loss; shading = instruction (green) / preference (red) "

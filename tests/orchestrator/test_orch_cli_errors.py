@@ -5,6 +5,7 @@ created."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -105,7 +106,7 @@ def test_resume_without_checkpoint(no_ray, config_file, capsys):
 )
 def test_bad_data_names_file_line_field(no_ray, config_file, make_tree, demo_files, tmp_path, capsys,
                                         file_key, records, line, field):
-    good = [json.loads(x) for x in open(demo_files[file_key if file_key != "pointwise" else "pointwise"])][:6]
+    good = [json.loads(x) for x in Path(demo_files[file_key]).read_text().splitlines()[:6]]
     bad = tmp_path / f"bad_{file_key}.jsonl"
     bad.write_text("".join(json.dumps(r) + "\n" for r in records + good))
     overrides = {f"data.{file_key}": str(bad)}

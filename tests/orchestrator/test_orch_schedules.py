@@ -82,9 +82,17 @@ def run_schedule(tree: dict) -> RunResult:
     return RunResult(cfg, driver.plan, summary, state, read_metrics(run_dir), run_dir, driver.used)
 
 
+def phase_budget(cfg, phase) -> int:
+    """Steps a phase must run: its own fixed count, else the config's per-phase budget."""
+    if phase.steps is not None:
+        return phase.steps
+    if phase.kind == "sft":
+        return cfg.sft.steps_per_phase
+    return cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.dpo.steps_per_phase
+
+
 def expected_steps(cfg, plan) -> int:
-    pref = cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.dpo.steps_per_phase
-    return sum(cfg.sft.steps_per_phase if p.kind == "sft" else pref for p in plan)
+    return sum(phase_budget(cfg, p) for p in plan)
 
 
 def check_common(res: RunResult) -> None:
@@ -102,9 +110,7 @@ def check_common(res: RunResult) -> None:
     order = [names.index(r["phase"]) for r in steps]
     assert order == sorted(order)
     for p in plan:
-        budget = cfg.sft.steps_per_phase if p.kind == "sft" else (
-            cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.dpo.steps_per_phase)
-        assert sum(r["phase"] == p.name for r in steps) == budget, p.name
+        assert sum(r["phase"] == p.name for r in steps) == phase_budget(cfg, p), p.name
     final = Path(res.summary["final_checkpoint"])
     assert (final / "config.json").exists()
     from transformers import AutoModelForCausalLM
@@ -141,7 +147,7 @@ def check_losses(res: RunResult) -> None:
 DPO_CASES = [
     ("hbat", {"dpo.loss": "dpo"}),
     ("alternating", {"dpo.loss": "ipo"}),
-    ("two_stage", {"dpo.loss": "slic"}),
+    ("two_stage", {"dpo.loss": "slic", "schedule.sft_warmup_steps": 1}),  # with the optional SFT warm-up stage
     ("ptx", {"dpo.loss": "cdpo"}),
     # point-wise ULMA: learns from labelled single responses (data.pointwise), no pairs
     ("joint", {"dpo.loss": "ulma", "data.pointwise": "POINTWISE", "data.preference": None}),
@@ -171,6 +177,8 @@ def test_dpo_schedule_end_to_end(ray_local, make_tree, demo_files, request, sche
     if res.cfg.dpo.loss == "ulma":
         rows = [r for r in res.step_rows() if "pref/loss" in r]
         assert rows and res.cfg.data.preference is None  # learned from point-wise labels alone
+    if res.cfg.schedule.sft_warmup_steps:
+        assert res.plan[0].name == "sft-warmup" and res.plan[1:] == SCHEDULES[schedule](res.cfg)
     if schedule == "sft_only":
         assert all(p.kind == "sft" for p in res.plan)
 
@@ -228,6 +236,19 @@ def test_hbat_plan_matches_algorithm_1(make_tree):
     # ewc.method none turns HBAT into the ablation too
     cfg.ewc.method = "none"
     assert [(p.anchor, p.record_anchor) for p in SCHEDULES["hbat"](cfg)] == [(None, False)] * 6
+
+
+def test_sft_warmup_precedes_the_schedule(make_tree):
+    """schedule.sft_warmup_steps: one SFT stage on all instruction data, then the schedule unchanged."""
+    from hbat.orchestrator.schedules import build_plan
+
+    cfg = validate_config(make_tree("hbat", "dpo", **{"schedule.sft_warmup_steps": 3}))
+    plan = build_plan(cfg)
+    assert (plan[0].kind, plan[0].shard, plan[0].num_shards, plan[0].steps, plan[0].anchor) == ("sft", 0, 1, 3, None)
+    assert plan[0].name == "sft-warmup"
+    assert plan[1:] == SCHEDULES["hbat"](cfg)
+    cfg.schedule.sft_warmup_steps = 0
+    assert build_plan(cfg) == SCHEDULES["hbat"](cfg)
 
 
 def _lines(origins: list[str]) -> set[int]:

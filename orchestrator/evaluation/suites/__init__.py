@@ -20,6 +20,7 @@ configured).
 
 from __future__ import annotations
 
+from hbat.orchestrator.config import ConfigError
 from hbat.orchestrator.evaluation.suites.base import Context, Suite
 from hbat.orchestrator.evaluation.suites.ifeval import IFEvalSuite
 from hbat.orchestrator.evaluation.suites.judge import JudgeSuite
@@ -35,18 +36,18 @@ _NOT_AUTO = {"demo"}
 
 def select_suites(names, ctx: Context) -> list[Suite]:
     """Resolve ``auto`` or a list of names; an explicitly named suite whose
-    inputs are missing is an error (never a silent skip)."""
+    inputs are missing is a :class:`ConfigError` (never a silent skip)."""
     if names == "auto":
         return [s for n, s in SUITES.items()
                 if n not in _NOT_AUTO and (n != "judge" or ctx.cfg.judge is not None) and s.missing(ctx) is None]
     unknown = [n for n in names if n not in SUITES]
     if unknown:
-        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+        raise ConfigError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
     chosen = [SUITES[n] for n in dict.fromkeys(names)]
     for s in chosen:
         why = s.missing(ctx)
         if why:
-            raise ValueError(f"suite '{s.name}' cannot run: {why}")
+            raise ConfigError(f"suite '{s.name}' cannot run: {why}")
     return chosen
 
 
