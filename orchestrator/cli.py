@@ -1,4 +1,4 @@
-"""``hbat`` command line: train, train-rm, generate, make-demo-data, serve."""
+"""``hbat`` command line: train, train-rm, generate, make-demo-data, eval, compare, serve."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ def _train(args) -> int:
     from hbat.orchestrator.driver import train
 
     cfg = load_config(args.config, args.overrides)
-    if args.train_rm_only:
-        cfg.schedule.name = cfg.schedule.name  # validated already
     summary = train(cfg, resume=args.resume) if not args.train_rm_only else _train_rm(cfg)
     print(json.dumps(summary, indent=2))
     return 0
@@ -68,14 +66,6 @@ def _make_demo(args) -> int:
     return 0
 
 
-def _not_yet(name: str, issue: int):
-    def run(args) -> int:
-        print(f"hbat {name}: not yet available (tracked in issue #{issue})", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hbat", description="Ray-based RLHF with Hybrid Alignment Training")
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,14 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=1234)
     d.set_defaults(func=_make_demo)
 
-    try:
-        from hbat.deploy.cli import register as register_serve
+    from hbat.deploy.cli import register as register_serve
 
-        register_serve(sub)
-    except ImportError:
-        sub.add_parser("serve", help="serve a checkpoint (issue #5)").set_defaults(func=_not_yet("serve", 5))
-    for name in ("eval", "compare"):
-        sub.add_parser(name, help=f"{name} (issue #4)").set_defaults(func=_not_yet(name, 4))
+    register_serve(sub)
+    from hbat.orchestrator.evaluation.cli import register as register_eval
+
+    register_eval(sub)
     return p
 
 

@@ -107,7 +107,8 @@ def register(subparsers) -> None:
                     "Writes results.json, results.md and responses.jsonl.")
     e.add_argument("--model", required=True, help="checkpoint folder (e.g. runs/x/final), hub id or embedded name")
     e.add_argument("--config", help="YAML with eval settings (or a compare config: its eval section is used)")
-    e.add_argument("--data", help="eval set: JSONL/JSON/Parquet with prompt [, reference] [, instruction_id_list, kwargs]")
+    e.add_argument("--data",
+                   help="eval set: JSONL/JSON/Parquet with prompt [, reference] [, instruction_id_list, kwargs]")
     e.add_argument("--suites", help="comma list of length,reward,winrate,judge,rouge,ifeval,kl,demo or 'auto' "
                                     "(default: every suite whose inputs are given, except demo and judge)")
     e.add_argument("--reward-model", dest="reward_model", help="reward model for the reward / winrate suites")

@@ -149,8 +149,8 @@ def load_compare_config(path: str | Path | None, overrides: list[str] | None = N
     try:
         cfg = CompareConfig.model_validate(tree)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-                 for e in exc.errors()]
+        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: "
+                 + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
         raise ConfigError(f"invalid compare config {path or '<defaults>'}:\n" + "\n".join(lines)) from None
     train_tree: dict = {}
     if cfg.train_config:
@@ -275,7 +275,8 @@ class Comparison:
         if self.resume and (run_dir / "summary.json").exists() and (eval_dir / "responses.jsonl").exists():
             self.reused.append(f"{spec.name}/seed{seed}")
             metrics, responses = read_metrics(eval_dir)
-            info = json.loads((run_dir / "compare_run.json").read_text()) if (run_dir / "compare_run.json").exists() else {}
+            info_file = run_dir / "compare_run.json"
+            info = json.loads(info_file.read_text()) if info_file.exists() else {}
             return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": metrics,
                     "reused": True, **info}, responses
         if run_dir.exists():
@@ -287,7 +288,7 @@ class Comparison:
         opponent = baseline if spec.name != self.cfg.baseline else None
         res = evaluate_model(summary["final_checkpoint"], self._eval_cfg(opponent is not None), examples=self.examples,
                              baseline_responses=opponent, out_dir=eval_dir, name=f"{spec.name} seed {seed}",
-                             actors=self.actors)
+                             actors=self.actors, baseline_name=self._baseline_name(seed))
         info = {"train_s": round(train_s, 1), "eval_s": round(time.time() - t1, 1),
                 "final": summary["final_checkpoint"], "global_steps": summary["global_steps"]}
         if not self.cfg.keep_checkpoints:
@@ -297,6 +298,10 @@ class Comparison:
         atomic_write_bytes(run_dir / "compare_run.json", json.dumps(info, indent=2).encode())
         return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": res.metrics, **info}, \
             res.responses
+
+    def _baseline_name(self, seed: int) -> str | None:
+        b = self.cfg.baseline
+        return None if b is None else ("start (untrained model)" if b == START else f"{b} seed {seed}")
 
     def _eval_cfg(self, with_baseline: bool) -> EvalConfig:
         """The shared eval settings; without an opponent the win-rate suites are left out."""
@@ -318,7 +323,7 @@ class Comparison:
         opponent = None if self.cfg.baseline == START else baseline
         res = evaluate_model(self.start_model, self._eval_cfg(opponent is not None), examples=self.examples,
                              baseline_responses=opponent, out_dir=eval_dir, name="start (untrained)",
-                             actors=self.actors)
+                             actors=self.actors, baseline_name=self._baseline_name(self.cfg.seeds[0]))
         return {"method": START, "seed": None, "metrics": res.metrics, "eval_s": round(time.time() - t1, 1)}, \
             res.responses
 

@@ -67,7 +67,8 @@ def read_responses(path: str | Path, examples: list[EvalExample]) -> list[str]:
 
 def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] | None = None,
                    baseline_responses: list[str] | None = None, out_dir: str | Path | None = None,
-                   name: str | None = None, actors: EvalActors | None = None) -> EvalResult:
+                   name: str | None = None, actors: EvalActors | None = None,
+                   baseline_name: str | None = None) -> EvalResult:
     """Evaluate ``model``. ``actors``: evaluation actors kept alive by the caller
     (``hbat compare``); they are pointed at ``model`` first. Without them, the
     actors are started here and stopped at the end."""
@@ -90,7 +91,8 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
         if baseline is None and cfg.baseline_responses:
             baseline = read_responses(cfg.baseline_responses, examples)
         if baseline is None and cfg.baseline:
-            baseline = generate(cfg.baseline, examples, cfg, desc=f"generate {_short(cfg.baseline)} (baseline)").responses
+            desc = f"generate {_short(cfg.baseline)} (baseline)"
+            baseline = generate(cfg.baseline, examples, cfg, desc=desc).responses
         if baseline is not None and len(baseline) != len(examples):
             raise ValueError(f"{len(baseline)} baseline responses for {len(examples)} prompts")
         actors.load(model)
@@ -112,7 +114,8 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
     summary = {k: summarize(m, cfg.n_boot, cfg.seed) for k, m in metrics.items()}
     info = {"name": name or _short(model), "eval_set": cfg.data, "eval_set_fingerprint": fingerprint(examples),
             "n_examples": len(examples), "suites": [s.name for s in suites],
-            "baseline": cfg.baseline or cfg.baseline_responses or ("given" if baseline_responses is not None else None),
+            "baseline": cfg.baseline or cfg.baseline_responses or (
+                (baseline_name or "given") if baseline_responses is not None else None),
             "reward_model": cfg.reward_model, "reference": cfg.reference,
             "decoding": {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                          "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed},

@@ -38,8 +38,8 @@ def eval_markdown(res: dict) -> str:
                       f"p90 {fmt(q['p90'])}, max {fmt(dist['max'])}"]
     ife = res.get("extra", {}).get("ifeval")
     if ife and ife.get("skipped_instructions"):
-        lines += ["", f"IFEval: {ife['skipped_instructions']} instruction(s) left out ({', '.join(ife['skipped_ids'])}: "
-                      "NLTK punkt_tab data absent)"]
+        lines += ["", f"IFEval: {ife['skipped_instructions']} instruction(s) left out "
+                      f"({', '.join(ife['skipped_ids'])}: NLTK punkt_tab data absent)"]
     if res.get("baseline"):
         lines += ["", f"win rates are against `{res['baseline']}`."]
     return "\n".join(lines) + "\n"
@@ -53,7 +53,8 @@ def compare_markdown(summary: dict) -> str:
     lines = [f"## hbat compare: {summary['name']}", "",
              f"{len(summary['seeds'])} seed(s) {summary['seeds']}, {summary['n_examples']} eval prompts, "
              f"wall time {summary['wall_s'] / 60:.1f} min. Cells: mean over seeds [95% CI, two-level bootstrap "
-             "over seeds and prompts]." + (f" Win rates are against `{summary['baseline']}`." if summary.get('baseline') else ""),
+             "over seeds and prompts]."
+             + (f" Win rates are against `{summary['baseline']}`." if summary.get("baseline") else ""),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         row = [m]
@@ -72,7 +73,8 @@ def compare_markdown(summary: dict) -> str:
             lines.append("| " + " | ".join(row) + " |")
     if summary.get("contrasts"):
         lines += ["", "Paired differences (same seeds, same prompts; 95% CI by paired two-level bootstrap):", "",
-                  "| contrast | metric | difference [95% CI] | per-seed differences | seed sd |", "|---|---|---|---|---|"]
+                  "| contrast | metric | difference [95% CI] | per-seed differences | seed sd |",
+                  "|---|---|---|---|---|"]
         for c in summary["contrasts"]:
             for k, d in c["metrics"].items():
                 lines.append(f"| {c['a']} − {c['b']} | {k} | {cell(d['diff'], d['ci_low'], d['ci_high'])} | "

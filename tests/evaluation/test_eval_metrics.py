@@ -270,3 +270,11 @@ def test_eval_judge_suite_through_context(judge_server, monkeypatch):
     assert "judge" in {s.name for s in select_suites("auto", ctx)}
     out = SUITES["judge"].run(ctx)
     assert out["winrate/judge"].values == [1.0, 0.0] and ctx.extra["judge"]["unreadable_verdicts"] == 0
+
+
+def test_eval_length_suite():
+    examples = eval_set_from_records([{"prompt": "a"}, {"prompt": "b"}])
+    gen = Generations(["one two three", ""], [4, 32], [False, True])
+    out = SUITES["length"].run(Context("m", examples, gen, EvalConfig()))
+    assert out["length/tokens"].values == [4.0, 32.0] and out["length/words"].values == [3.0, 0.0]
+    assert out["length/truncated"].values == [0.0, 1.0]

@@ -146,7 +146,8 @@ def test_eval_cli_eval_and_baseline_file(ray_env, tiny_models, eval_file, tmp_pa
 
     m = tiny_models
     common = ["--data", eval_file, "--max-new-tokens", "5", "--batch-size", "3", "--no-progress", "n_boot=100"]
-    assert main(["eval", "--model", m["policy"], "--out", str(tmp_path / "a"), "--suites", "length,rouge"] + common) == 0
+    first = ["eval", "--model", m["policy"], "--out", str(tmp_path / "a"), "--suites", "length,rouge"]
+    assert main(first + common) == 0
     assert main(["eval", "--model", m["policy"], "--out", str(tmp_path / "b"), "--suites", "winrate,length",
                  "--reward-model", m["rm"], "--baseline-responses", str(tmp_path / "a" / "responses.jsonl")]
                 + common) == 0

@@ -41,6 +41,22 @@ def _phase_started(run_dir: Path, index: int) -> bool:
     return any(r.get("phase/index", -1) >= index for r in rows)
 
 
+def _group_members(pgid: int, wait_s: float) -> list[int]:
+    """Live processes still in process group ``pgid`` (waits up to ``wait_s`` for them to go)."""
+    deadline = time.time() + wait_s
+    while True:
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.getpgid(int(pid)) == pgid and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z":
+                    alive.append(int(pid))
+            except (ProcessLookupError, FileNotFoundError, IndexError):
+                pass
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -68,30 +84,31 @@ def test_sigkill_then_resume(ray_local, tree, tmp_path):
     run_dir = cfg.run_dir()
 
     # 1. start, wait for round 2 (phase index 2), SIGKILL the whole process group
-    log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen(_cli(config), env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=tmp_path)
-    try:
-        deadline = time.time() + 240
-        while not _phase_started(run_dir, 2):
-            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before round 2: " \
-                                        f"{(tmp_path / 'killed.log').read_text()[-3000:]}"
-            assert time.time() < deadline, "round 2 never started"
-            time.sleep(0.02)
-    finally:
-        _kill_group(proc)
-        log.close()
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(_cli(config), env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=tmp_path)
+        try:
+            deadline = time.time() + 240
+            while not _phase_started(run_dir, 2):
+                assert proc.poll() is None, f"run ended (rc {proc.returncode}) before round 2: " \
+                                            f"{(tmp_path / 'killed.log').read_text()[-3000:]}"
+                assert time.time() < deadline, "round 2 never started"
+                time.sleep(0.02)
+        finally:
+            _kill_group(proc)
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
-    state = json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text() / "state.json")
-                       .read_text())
+    assert _group_members(proc.pid, wait_s=15) == [], "processes of the killed run survived"
+    killed_at = (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = json.loads((run_dir / "checkpoints" / killed_at / "state.json").read_text())
     assert state["phase_index"] >= 2 and state["completed_phases"] == names[: state["phase_index"]]
     assert not state["finished"]
 
     # 2. resume to the end
-    done = subprocess.run(_cli(config, "--resume"), env=_env(), capture_output=True, text=True, timeout=300,
+    done = subprocess.run(_cli(config, "--resume"), check=False, env=_env(), capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert f"resumed at phase {state['phase_index']} step {state['step_in_phase']}" in done.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     final_state = json.loads((run_dir / "checkpoints" / latest / "state.json").read_text())

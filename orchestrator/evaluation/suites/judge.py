@@ -31,7 +31,8 @@ from hbat.orchestrator.evaluation.suites.base import Context, Suite
 SYSTEM = ("You are an impartial judge comparing two AI assistant responses to the same user prompt. "
           "Judge which response is more {criteria}. Ignore the order in which the responses appear and "
           "their length unless length affects quality. Reply with exactly one of: A, B, tie.")
-USER = "[User prompt]\n{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\nWhich response is better? Answer A, B or tie."
+USER = ("[User prompt]\n{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
+        "Which response is better? Answer A, B or tie.")
 
 _VERDICT = re.compile(r"\b(A|B|[Tt][Ii][Ee])\b")
 
