@@ -25,13 +25,15 @@ class RunState:
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: Path, keep: int = 2):
+    def __init__(self, run_dir: Path, keep: int = 2, create: bool = True):
         self.root = Path(run_dir) / "checkpoints"
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
 
     def save(self, state: RunState, write_actor_states) -> Path:
         """``write_actor_states(folder)`` writes the actors' files into the temp folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
         name = f"ckpt-{state.global_step:06d}-p{state.phase_index:03d}-s{state.step_in_phase:05d}"
         final = self.root / name
         with atomic_dir(final) as tmp:
@@ -51,7 +53,7 @@ class CheckpointManager:
 
     def _prune(self, keep_name: str) -> None:
         ckpts = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
-        for old in ckpts[: max(0, len(ckpts) - self.keep)]:
+        for old in ckpts[: max(0, len(ckpts) - self.keep)]:  # names sort by global step
             if old.name != keep_name:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in self.root.iterdir():  # leftovers of a crash mid-save

@@ -54,7 +54,7 @@ class Driver:
         self.cfg = cfg
         self.run_dir = cfg.run_dir()
         self.resume = resume
-        self.ckpt = CheckpointManager(self.run_dir)
+        self.ckpt = CheckpointManager(self.run_dir, create=False)
         self.state = RunState()
         self.plan: list[Phase] = build_plan(cfg)
         self._validate_names()
@@ -72,7 +72,12 @@ class Driver:
             except ValueError as exc:
                 raise ConfigError(f"reward_model.rule_rewards: {exc}") from None
         if self.resume and self.ckpt.latest() is None:
-            raise ConfigError(f"--resume: no checkpoint in {self.ckpt.root}")
+            if not (self.run_dir / "config.yaml").exists():
+                raise ConfigError(f"--resume: no checkpoint in {self.ckpt.root}")
+            # killed before the first phase finished (e.g. during reward-model
+            # training): start the schedule over; a saved reward model is reused
+            log.warning("--resume: %s has no checkpoint yet; starting the schedule from the beginning", self.run_dir)
+            self.resume = False
         if self.cfg.resources.policy.replicas > 1 or self.cfg.resources.critic.replicas > 1:
             raise ConfigError(
                 "resources.policy.replicas / resources.critic.replicas > 1: data-parallel policy and critic "

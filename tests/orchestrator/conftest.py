@@ -17,21 +17,12 @@ def demo_files(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_reward_checkpoint(tmp_path_factory, tiny_checkpoint) -> str:
-    """A sequence-classification checkpoint on the tiny backbone (random score head).
-
-    Built from the causal-LM checkpoint: ``make_tiny_checkpoint(head=
-    "sequence_classification")`` fails under transformers 5.23 (it sets a
-    generation_config the classification model does not have).
-    """
-    import torch
-
-    from hbat.models import load_reward_model, load_tokenizer, save_checkpoint
+def tiny_reward_checkpoint(tmp_path_factory) -> str:
+    """A sequence-classification checkpoint on the tiny backbone (random score head)."""
+    from hbat.models import make_tiny_checkpoint
 
     path = tmp_path_factory.mktemp("tiny_rm") / "reward"
-    torch.manual_seed(1)
-    save_checkpoint(load_reward_model(tiny_checkpoint), load_tokenizer(tiny_checkpoint), path)
-    return str(path)
+    return str(make_tiny_checkpoint(path, seed=1, head="sequence_classification"))
 
 
 def _set(tree: dict, dotted: str, value) -> None:
