@@ -297,7 +297,7 @@ def hbat_dpo_round(args, policy, ref, batch):
             "threads": torch.get_num_threads(), "ref_logps0": ref_logps0}
 
 
-def run_dpo(args, model_path, tokenizer, data_dir, log):
+def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
     from hbat.actors.policy import PolicyWorker
     from hbat.actors.reference import ReferenceWorker
 
@@ -313,63 +313,67 @@ def run_dpo(args, model_path, tokenizer, data_dir, log):
     hb_policy, hb_total, trl = Series("hbat policy step"), Series("hbat ref fwd + policy step"), Series("TRL DPOTrainer")
     hb_ref = Series("hbat ref fwd")
     trl_compute = Series("TRL step begin->end")
+    res = {
+        "kind": "DPO", "tokens": n_tokens, "shape": shape,
+        "rows": [(hb_policy, "policy step only (ref log-probs given)"),
+                 (hb_total, "reference forward + policy step"),
+                 (trl, "one optimizer step incl. reference forward")],
+        "trl": trl, "extra": [hb_ref, trl_compute], "checks": None, "token_note": None,
+        "threads": [], "loads": [], "rounds_done": 0,
+    }
     first_hbat = first_trl = None
-    token_note = None
-    threads_seen = set()
-    loads = []
     for r in range(args.rounds):
         order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
         for system in order:
             t0 = time.perf_counter()
             load0 = os.getloadavg()[0]
             if system == "hbat":
-                res = hbat_dpo_round(args, policy, ref, batch)
-                hb_policy.add(*res["policy"])
-                hb_total.add(*res["total"])
-                hb_ref.add(*res["ref"])
-                threads_seen.add(res["threads"])
-                first_hbat = first_hbat or res
-                detail = (f"median policy {statistics.median(res['policy'][0]):.2f} s, "
-                          f"with ref {statistics.median(res['total'][0]):.2f} s "
-                          f"(CPU {statistics.median(res['total'][1]):.2f} s)")
+                out = hbat_dpo_round(args, policy, ref, batch)
+                hb_policy.add(*out["policy"])
+                hb_total.add(*out["total"])
+                hb_ref.add(*out["ref"])
+                threads = out["threads"]
+                first_hbat = first_hbat or out
+                detail = (f"median policy {statistics.median(out['policy'][0]):.2f} s, "
+                          f"with ref {statistics.median(out['total'][0]):.2f} s "
+                          f"(CPU {statistics.median(out['total'][1]):.2f} s)")
             else:
                 timer, note = trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens=r == 0)
-                token_note = token_note or note
+                res["token_note"] = res["token_note"] or note
                 if len(timer.end) != args.steps:
                     raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
                 trl.add(*timer.intervals())
                 trl_compute.add(*timer.compute_only())
-                threads_seen.add(timer.threads)
+                threads = timer.threads
                 first_trl = first_trl or timer
                 wall, cpu = timer.intervals()
                 detail = f"median {statistics.median(wall):.2f} s/step (CPU {statistics.median(cpu):.2f} s)"
-            loads.append((r + 1, system, load0, os.getloadavg()[0]))
+            res["threads"] = sorted(set(res["threads"]) | {threads})
+            res["loads"].append((r + 1, system, load0, os.getloadavg()[0]))
             log(f"  round {r + 1}/{args.rounds} {system:4s}: {detail}  "
-                f"(round wall {time.perf_counter() - t0:.1f} s, load avg {load0:.1f} -> {loads[-1][3]:.1f})")
-
-    # --- loss agreement (round 1 of each system starts from the same weights)
-    hb_losses = [m["pref/loss"] for m in first_hbat["metrics"]]
-    trl_losses = [l["loss"] for l in first_trl.logs]
-    ref_lp = first_hbat["ref_logps0"]
-    n = len(ref_lp) // 2
-    hb_chosen0, hb_rejected0 = float(ref_lp[:n].mean()), float(ref_lp[n:].mean())
-    trl0 = first_trl.logs[0]
-    checks = {
-        "step0_loss": (hb_losses[0], trl_losses[0]),
-        "step0_mean_logp_chosen": (hb_chosen0, trl0.get("logps/chosen", float("nan"))),
-        "step0_mean_logp_rejected": (hb_rejected0, trl0.get("logps/rejected", float("nan"))),
-        "trajectory": (hb_losses, trl_losses),
-        "grad_norm0": (first_hbat["metrics"][0]["optim/grad_norm"], trl0.get("grad_norm", float("nan"))),
-    }
+                f"(round wall {time.perf_counter() - t0:.1f} s, load avg {load0:.1f} -> {res['loads'][-1][3]:.1f})")
+            if first_hbat and first_trl and res["checks"] is None:
+                res["checks"] = dpo_checks(first_hbat, first_trl)
+            res["rounds_done"] = min(len(hb_total.rounds), len(trl.rounds))
+            progress(res)
     del policy, ref
     gc.collect()
+    return res
+
+
+def dpo_checks(first_hbat: dict, first_trl) -> dict:
+    """Loss agreement: round 1 of each system starts from the same weights and batch."""
+    hb_losses = [m["pref/loss"] for m in first_hbat["metrics"]]
+    trl_losses = [entry["loss"] for entry in first_trl.logs]
+    ref_lp = first_hbat["ref_logps0"]  # = policy log-probs at step 0 (identical weights)
+    n = len(ref_lp) // 2
+    trl0 = first_trl.logs[0]
     return {
-        "kind": "DPO", "tokens": n_tokens, "shape": shape,
-        "rows": [(hb_policy, "policy step only (ref log-probs given)"),
-                 (hb_total, "reference forward + policy step"),
-                 (trl, "one optimizer step incl. reference forward")],
-        "trl": trl, "extra": [hb_ref, trl_compute], "checks": checks, "token_note": token_note,
-        "threads": sorted(threads_seen), "loads": loads,
+        "step0_loss": (hb_losses[0], trl_losses[0]),
+        "step0_mean_logp_chosen": (float(ref_lp[:n].mean()), trl0.get("logps/chosen", float("nan"))),
+        "step0_mean_logp_rejected": (float(ref_lp[n:].mean()), trl0.get("logps/rejected", float("nan"))),
+        "trajectory": (hb_losses, trl_losses),
+        "grad_norm0": (first_hbat["metrics"][0]["optim/grad_norm"], trl0.get("grad_norm", float("nan"))),
     }
 
 
@@ -409,7 +413,7 @@ def hbat_sft_round(args, policy, batch):
     return ([b[0] - a[0] for a, b in timed], [b[1] - a[1] for a, b in timed]), metrics
 
 
-def run_sft(args, model_path, tokenizer, data_dir, log):
+def run_sft(args, model_path, tokenizer, data_dir, log, progress):
     from hbat.actors.policy import PolicyWorker
 
     examples, batch = sft_batch(tokenizer, args.pairs, data_dir)
@@ -418,9 +422,11 @@ def run_sft(args, model_path, tokenizer, data_dir, log):
     log(f"SFT batch: {args.pairs} examples -> input_ids {shape} ({n_tokens} non-pad tokens)")
     policy = PolicyWorker(model_path, dtype="float32", device="cpu", seed=args.seed, torch_threads=args.threads)
     hb, trl = Series("hbat sft step"), Series("TRL SFTTrainer")
+    res = {"kind": "SFT", "tokens": n_tokens, "shape": shape,
+           "rows": [(hb, "one SFT optimizer step"), (trl, "one SFT optimizer step")],
+           "trl": trl, "extra": [], "token_note": None, "threads": [], "loads": [], "checks": None,
+           "rounds_done": 0}
     first_hbat = first_trl = None
-    threads_seen = set()
-    loads = []
     for r in range(args.rounds):
         order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
         for system in order:
@@ -428,29 +434,32 @@ def run_sft(args, model_path, tokenizer, data_dir, log):
             if system == "hbat":
                 (wall, cpu), metrics = hbat_sft_round(args, policy, batch)
                 first_hbat = first_hbat or metrics
-                threads_seen.add(torch.get_num_threads())
+                threads = torch.get_num_threads()
             else:
                 timer = trl_sft_round(args, model_path, tokenizer, examples)
                 if len(timer.end) != args.steps:
                     raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
                 wall, cpu = timer.intervals()
                 first_trl = first_trl or timer
-                threads_seen.add(timer.threads)
+                threads = timer.threads
             (hb if system == "hbat" else trl).add(wall, cpu)
-            loads.append((r + 1, system, load0, os.getloadavg()[0]))
+            res["threads"] = sorted(set(res["threads"]) | {threads})
+            res["loads"].append((r + 1, system, load0, os.getloadavg()[0]))
             log(f"  round {r + 1}/{args.rounds} {system:4s}: median {statistics.median(wall):.2f} s/step "
-                f"(CPU {statistics.median(cpu):.2f} s)  (load avg {load0:.1f} -> {loads[-1][3]:.1f})")
+                f"(CPU {statistics.median(cpu):.2f} s)  (load avg {load0:.1f} -> {res['loads'][-1][3]:.1f})")
+            if first_hbat and first_trl and res["checks"] is None:
+                hb_losses = [m["sft/loss"] for m in first_hbat]
+                trl_losses = [entry["loss"] for entry in first_trl.logs]
+                res["checks"] = {
+                    "step0_loss": (hb_losses[0], trl_losses[0]), "trajectory": (hb_losses, trl_losses),
+                    "grad_norm0": (first_hbat[0]["optim/grad_norm"],
+                                   first_trl.logs[0].get("grad_norm", float("nan"))),
+                }
+            res["rounds_done"] = min(len(hb.rounds), len(trl.rounds))
+            progress(res)
     del policy
     gc.collect()
-    hb_losses = [m["sft/loss"] for m in first_hbat]
-    trl_losses = [l["loss"] for l in first_trl.logs]
-    return {
-        "kind": "SFT", "tokens": n_tokens, "shape": shape,
-        "rows": [(hb, "one SFT optimizer step"), (trl, "one SFT optimizer step")],
-        "trl": trl, "extra": [], "token_note": None, "threads": sorted(threads_seen), "loads": loads,
-        "checks": {"step0_loss": (hb_losses[0], trl_losses[0]), "trajectory": (hb_losses, trl_losses),
-                   "grad_norm0": (first_hbat[0]["optim/grad_norm"], first_trl.logs[0].get("grad_norm", float("nan")))},
-    }
+    return res
 
 
 # ------------------------------------------------------------------------ report
@@ -464,6 +473,11 @@ def section(res: dict, args) -> list[str]:
     trl: Series = res["trl"]
     lines = [f"### {res['kind']}: {res['shape'][0]} sequences x {res['shape'][1]} positions, "
              f"{res['tokens']} non-pad tokens per step", ""]
+    if res["rounds_done"] < args.rounds:
+        lines += [f"**PARTIAL: {res['rounds_done']} of {args.rounds} rounds completed for both systems "
+                  "(the run was still going or was stopped); medians below use every round finished so far.**", ""]
+    if not res["rounds_done"]:
+        return lines + ["(no round finished for both systems yet)", ""]
     lines += ["| system | what one step is | median s/step (wall) | tokens/s (wall) | ratio hbat/TRL (wall) "
               "| median CPU s/step | ratio hbat/TRL (CPU) |",
               "|---|---|---:|---:|---:|---:|---:|"]
@@ -495,6 +509,8 @@ def section(res: dict, args) -> list[str]:
     if res["token_note"]:
         lines.append(f"- {res['token_note']}")
     c = res["checks"]
+    if c is None:
+        return lines + [""]
     hb0, trl0 = c["step0_loss"]
     ok = abs(hb0 - trl0) <= args.loss_tol
     lines += ["", f"Loss check (round 1 of each system, identical initial weights and batch; tolerance {args.loss_tol:g}):", "",
@@ -536,7 +552,7 @@ def header(args, model_label: str, wall: float) -> list[str]:
     return [
         "# hbat vs TRL: training step time (generated by bench/dpo_vs_trl.py -- do not edit)", "",
         f"- command: `{cmd}`",
-        f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; total wall time {wall:.0f} s",
+        f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; elapsed {wall:.0f} s when this was written",
         f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
         "shared machine, so absolute times are noisy and only the ratios are comparable",
@@ -609,21 +625,30 @@ def main(argv=None) -> int:
             model_label = args.model if model_path == args.model else f"{args.model} ({model_path})"
             log(f"model: {model_label} (resolved in {time.perf_counter() - t:.1f} s)")
         tokenizer = load_tokenizer(model_path)
-        results = []
+        results: list[dict] = []
+
+        def render() -> str:
+            body = []
+            for res in results:
+                body += section(res, args)
+            return "\n".join(header(args, model_label, time.perf_counter() - start) + body)
+
+        def progress(res: dict) -> None:
+            """Rewrite the report after every round, so a stopped run still leaves its measurements."""
+            if not results or results[-1] is not res:
+                results.append(res)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render() + "\n")
+
         if not args.no_dpo:
             log("== DPO ==")
-            results.append(run_dpo(args, model_path, tokenizer, tmp / "data", log))
+            run_dpo(args, model_path, tokenizer, tmp / "data", log, progress)
         if args.sft:
             log("== SFT ==")
-            results.append(run_sft(args, model_path, tokenizer, tmp / "data", log))
-    body = []
-    for res in results:
-        body += section(res, args)
-    wall = time.perf_counter() - start
-    text = "\n".join(header(args, model_label, wall) + body)
+            run_sft(args, model_path, tokenizer, tmp / "data", log, progress)
+    text = render()
     print()
     print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     print(f"wrote {os.path.relpath(out, Path.cwd())}")
     return 0 if all(r.get("agree") for r in results) else 1
