@@ -49,7 +49,7 @@ def _warm(rng: random.Random, sentence: str) -> str:
 
 
 def make_demo_data(out_dir: str | Path, seed: int = 1234, n_sft: int = 256, n_pairs: int = 256,
-                   n_prompts: int = 128, n_eval: int = 32) -> dict[str, Path]:
+                   n_prompts: int = 128, n_eval: int = 16) -> dict[str, Path]:
     rng = random.Random(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
