@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -52,7 +53,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -123,8 +124,8 @@ def clock() -> tuple[float, float]:
 
 def gaps(marks: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds between consecutive clock marks."""
-    return ([b[0] - a[0] for a, b in zip(marks, marks[1:])],
-            [b[1] - a[1] for a, b in zip(marks, marks[1:])])
+    return ([b[0] - a[0] for a, b in itertools.pairwise(marks)],
+            [b[1] - a[1] for a, b in itertools.pairwise(marks)])
 
 
 @dataclass
@@ -207,33 +208,33 @@ def quiet(trainer) -> None:
 
 def common_trl_args(args, out_dir: str) -> dict:
     """TrainingArguments shared by the TRL trainers, matched to hbat's OptimSettings."""
-    return dict(
-        output_dir=out_dir,
-        max_steps=args.steps,
-        per_device_train_batch_size=args.pairs,
-        gradient_accumulation_steps=1,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        optim=args.trl_optim,
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,  # TRL defaults gradient checkpointing on; hbat's default is off
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        use_cpu=True,
-        seed=args.seed,
-        model_init_kwargs={"dtype": "float32"},
-    )
+    return {
+        "output_dir": out_dir,
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.pairs,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.95,
+        "adam_epsilon": 1e-8,
+        "max_grad_norm": 1.0,
+        "optim": args.trl_optim,
+        "bf16": False,
+        "fp16": False,
+        "activation_checkpointing": False,  # TRL defaults gradient checkpointing on; hbat's default is off
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "use_cpu": True,
+        "seed": args.seed,
+        "model_init_kwargs": {"dtype": "float32"},
+    }
 
 
 def optim_settings(args) -> dict:
@@ -471,27 +472,27 @@ def paired_ratio(a: Series, b: Series, cpu: bool = False) -> tuple[float, list[f
 
 def section(res: dict, args) -> list[str]:
     trl: Series = res["trl"]
-    lines = [f"### {res['kind']}: {res['shape'][0]} sequences x {res['shape'][1]} positions, "
-             f"{res['tokens']} non-pad tokens per step", ""]
+    lines = [(f"### {res['kind']}: {res['shape'][0]} sequences x {res['shape'][1]} positions, "
+             f"{res['tokens']} non-pad tokens per step"), ""]
     if res["rounds_done"] < args.rounds:
-        lines += [f"**PARTIAL: {res['rounds_done']} of {args.rounds} rounds completed for both systems "
-                  "(the run was still going or was stopped); medians below use every round finished so far.**", ""]
+        lines += [(f"**PARTIAL: {res['rounds_done']} of {args.rounds} rounds completed for both systems "
+                  "(the run was still going or was stopped); medians below use every round finished so far.**"), ""]
     if not res["rounds_done"]:
         return lines + ["(no round finished for both systems yet)", ""]
-    lines += ["| system | what one step is | median s/step (wall) | tokens/s (wall) | ratio hbat/TRL (wall) "
-              "| median CPU s/step | ratio hbat/TRL (CPU) |",
+    lines += [("| system | what one step is | median s/step (wall) | tokens/s (wall) | ratio hbat/TRL (wall) "
+              "| median CPU s/step | ratio hbat/TRL (CPU) |"),
               "|---|---|---:|---:|---:|---:|---:|"]
     for s, what in res["rows"]:
         med, cmed = s.median(), s.median(cpu=True)
         ratio = "1 (baseline)" if s is trl else f"{paired_ratio(s, trl)[0]:.2f}"
         cratio = "1 (baseline)" if s is trl else f"{paired_ratio(s, trl, cpu=True)[0]:.2f}"
         lines.append(f"| {s.name} | {what} | {med:.2f} | {res['tokens'] / med:.0f} | {ratio} | {cmed:.2f} | {cratio} |")
-    lines += ["", f"ratio = median over rounds of (hbat round median s/step) / (TRL round median s/step), "
+    lines += ["", (f"ratio = median over rounds of (hbat round median s/step) / (TRL round median s/step), "
                   f"measured in alternating rounds; below 1 means hbat is faster. "
                   f"CPU s/step = CPU seconds of the benchmark process (all threads) per step, "
                   f"less sensitive than wall time to other processes on the machine. "
                   f"{len(trl.rounds)} rounds x {args.steps - 1} timed steps per system "
-                  f"(first step of each round excluded as warm-up).", ""]
+                  f"(first step of each round excluded as warm-up)."), ""]
     for s, _ in res["rows"]:
         if s is not trl:
             for cpu in (False, True):
@@ -514,8 +515,8 @@ def section(res: dict, args) -> list[str]:
     hb0, trl0 = c["step0_loss"]
     ok = abs(hb0 - trl0) <= args.loss_tol
     lines += ["", f"Loss check (round 1 of each system, identical initial weights and batch; tolerance {args.loss_tol:g}):", "",
-              f"- step-0 loss: hbat {hb0:.6f}, TRL {trl0:.6f}, |diff| {abs(hb0 - trl0):.2e} -> "
-              f"{'AGREE' if ok else 'DISAGREE'}"]
+              (f"- step-0 loss: hbat {hb0:.6f}, TRL {trl0:.6f}, |diff| {abs(hb0 - trl0):.2e} -> "
+              f"{'AGREE' if ok else 'DISAGREE'}")]
     if res["kind"] == "DPO":
         lines.append("  (policy = reference at step 0, so the DPO loss there is ln 2 = 0.693147 for any correct "
                      "implementation; the log-probs and later steps below are the informative checks)")
@@ -527,8 +528,8 @@ def section(res: dict, args) -> list[str]:
     lines.append(f"- step-0 grad norm (before clipping): hbat {g_a:.4f}, TRL {g_b:.4f}")
     hb_l, trl_l = c["trajectory"]
     diff = max(abs(a - b) for a, b in zip(hb_l, trl_l))
-    lines.append(f"- loss by step, hbat: " + ", ".join(f"{x:.5f}" for x in hb_l))
-    lines.append(f"- loss by step, TRL:  " + ", ".join(f"{x:.5f}" for x in trl_l))
+    lines.append("- loss by step, hbat: " + ", ".join(f"{x:.5f}" for x in hb_l))
+    lines.append("- loss by step, TRL:  " + ", ".join(f"{x:.5f}" for x in trl_l))
     lines.append(f"- max |diff| over the {len(hb_l)} steps: {diff:.2e}")
     res["agree"] = ok
     return lines + [""]
@@ -538,7 +539,8 @@ def git_rev() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                               check=False).stdout
         return rev + (" (uncommitted changes)" if dirty.strip() else "")
     except Exception:  # noqa: BLE001 - not a checkout
         return "unknown"
@@ -552,12 +554,12 @@ def header(args, model_label: str, wall: float) -> list[str]:
     return [
         "# hbat vs TRL: training step time (generated by bench/dpo_vs_trl.py -- do not edit)", "",
         f"- command: `{cmd}`",
-        f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; elapsed {wall:.0f} s when this was written",
+        f"- date (UTC): {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')}; elapsed {wall:.0f} s when this was written",
         f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
-        "shared machine, so absolute times are noisy and only the ratios are comparable",
-        f"- model: {model_label}, fp32, full fine-tuning; AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
-        f"betas (0.9, 0.95), eps 1e-8, weight decay 0, grad clip 1.0, constant lr; DPO beta {args.beta:g} (sigmoid)",
+        (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
+        "shared machine, so absolute times are noisy and only the ratios are comparable"),
+        (f"- model: {model_label}, fp32, full fine-tuning; AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
+        f"betas (0.9, 0.95), eps 1e-8, weight decay 0, grad clip 1.0, constant lr; DPO beta {args.beta:g} (sigmoid)"),
         f"- {args.rounds} rounds, alternating which system goes first; K = {args.steps} steps per system per round",
         "",
     ]
