@@ -252,39 +252,50 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str = "mapping of sections") -> dict:
+    """A YAML file whose top level is a mapping; any other content is a ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: top level must be a {what}")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML, apply ``key=value`` overrides, validate; errors name the key."""
     tree: dict = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
-        base = p.parent
-        _resolve_relative_paths(tree, base)
+        tree = read_yaml_mapping(path)
+        _resolve_relative_paths(tree, Path(path).parent)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     return validate_config(tree, source)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per error: the dotted key, what is wrong and (for leaves) the value given."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err['input']!r})"
+            lines.append(f"  {key}: {err['msg']}{got}")
+    return "\n".join(lines)
 
 
 def validate_config(tree: dict, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"  {key}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
-        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid config {source}:\n{validation_message(exc)}") from None
 
 
 _PATH_KEYS = {"data": ("sft", "preference", "pointwise", "prompts", "eval_sft", "eval_prompts")}

@@ -9,7 +9,6 @@ methods; data moves as tensors, dataclasses and Ray object refs.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -37,7 +36,6 @@ from hbat.orchestrator.data import (
     SFTDataset,
     collate_pairwise,
     collate_pointwise,
-    collate_prompts,
     collate_sft,
 )
 from hbat.orchestrator.metrics import MetricsLogger

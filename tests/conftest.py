@@ -19,6 +19,15 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_checkpoint(tmp_path_factory):
+    """A sequence-classification checkpoint on the tiny backbone (random score head)."""
+    from hbat.models import make_tiny_checkpoint
+
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_rm") / "reward", seed=1,
+                                    head="sequence_classification"))
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_checkpoint):
     from hbat.models import load_tokenizer
 

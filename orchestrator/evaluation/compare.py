@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from hbat.models.atomic import atomic_write_bytes
 from hbat.orchestrator.config import ConfigError, Section, _resolve_relative_paths, _set_dotted, parse_overrides, \
-    validate_config
+    read_yaml_mapping, validate_config, validation_message
 from hbat.orchestrator.evaluation.actors import EvalActors
 from hbat.orchestrator.evaluation.evalset import load_eval_set
 from hbat.orchestrator.evaluation.evaluate import _WORKER_ENV, evaluate_model, read_metrics
@@ -134,24 +134,14 @@ def load_compare_config(path: str | Path | None, overrides: list[str] | None = N
     tree: dict = {}
     base = Path(".")
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        base = p.parent
+        tree = read_yaml_mapping(path, "mapping")
+        base = Path(path).parent
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     try:
         cfg = CompareConfig.model_validate(tree)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: "
-                 + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
-        raise ConfigError(f"invalid compare config {path or '<defaults>'}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid compare config {path or '<defaults>'}:\n{validation_message(exc)}") from None
     train_tree: dict = {}
     if cfg.train_config:
         tp = Path(cfg.train_config)
@@ -159,7 +149,7 @@ def load_compare_config(path: str | Path | None, overrides: list[str] | None = N
             tp = base / tp
         if not tp.is_file():
             raise ConfigError(f"train_config: file not found: {cfg.train_config}")
-        train_tree = yaml.safe_load(tp.read_text()) or {}
+        train_tree = read_yaml_mapping(tp)
         _resolve_relative_paths(train_tree, tp.parent)
     train_tree = _merge(train_tree, cfg.train)
     if cfg.demo_data:  # the demo task's files fill whatever data keys are not set

@@ -17,7 +17,7 @@ MODEL = "tiny-policy"
 
 
 @pytest.fixture(scope="module")
-def server(ray_for_serve, tiny_checkpoint, tiny_reward_checkpoint, tmp_path_factory):
+def server(ray_local, tiny_checkpoint, tiny_reward_checkpoint, tmp_path_factory):
     import socket
 
     from ray import serve
@@ -132,18 +132,26 @@ def test_completions(client):
     assert streamed == r.choices[0].text
 
 
-def test_stop_string_is_honoured(client):
+def test_stop_string_is_honoured(client, tiny_checkpoint):
+    """End-of-turn tokens are banned with ``logit_bias`` so the greedy answer
+    always runs to ``max_tokens``: a stop string can then be picked from its
+    middle, whatever the tiny random model happens to say."""
+    from hbat.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_checkpoint)
+    ends = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
+    ban = {str(t): -100 for t in ends}
     msgs = [{"role": "user", "content": "hello"}]
-    full = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0)
+    kw = dict(model=MODEL, messages=msgs, max_tokens=12, temperature=0, logit_bias=ban)
+    full = client.chat.completions.create(**kw)
     text = full.choices[0].message.content
-    if len(text) < 3:
-        pytest.skip("greedy output too short to pick a stop string")
+    assert full.choices[0].finish_reason == "length" and len(text) >= 6, text
     stop = text[2:4]
-    cut = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0, stop=[stop])
+    cut = client.chat.completions.create(**kw, stop=[stop])
     assert cut.choices[0].message.content == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model=MODEL, messages=msgs, max_tokens=12, temperature=0, stop=[stop], stream=True) if c.choices)
+        **kw, stop=[stop], stream=True) if c.choices)
     assert streamed == cut.choices[0].message.content
 
 

@@ -11,26 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ray_env(request):
-    try:
-        request.getfixturevalue("ray_local")
-        yield
-        return
-    except pytest.FixtureLookupError:
-        pass
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def test_eval_compare_config_validation(tmp_path):
     from hbat.orchestrator.config import ConfigError
     from hbat.orchestrator.evaluation.compare import DEFAULT_METHODS, load_compare_config, parse_method
@@ -49,7 +29,7 @@ def test_eval_compare_config_validation(tmp_path):
     assert cfg.contrast_pairs() == [("hbat-dpo", "two_stage-dpo")]
 
 
-def test_eval_compare_tiny(ray_env, tiny_checkpoint, tmp_path, capsys):
+def test_eval_compare_tiny(ray_local, tiny_checkpoint, tmp_path, capsys):
     from hbat.orchestrator.evaluation.cli import main
 
     out = tmp_path / "cmp"

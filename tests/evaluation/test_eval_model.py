@@ -11,27 +11,6 @@ from hbat.orchestrator.evaluation import load_eval_set
 
 
 @pytest.fixture(scope="module")
-def ray_env(request):
-    """The project-wide ``ray_local`` fixture when present, else a local Ray for this module."""
-    try:
-        request.getfixturevalue("ray_local")
-        yield
-        return
-    except pytest.FixtureLookupError:
-        pass
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, tiny_checkpoint):
     """policy (shared tiny checkpoint), another policy, a reward model with a seeded head."""
     from hbat.models import load_reward_model, load_tokenizer, make_tiny_checkpoint, save_checkpoint
@@ -67,7 +46,7 @@ def _cfg(eval_file, **kw):
     return EvalConfig(**{**base, **kw})
 
 
-def test_eval_model_against_itself(ray_env, tiny_models, eval_file, tmp_path):
+def test_eval_model_against_itself(ray_local, tiny_models, eval_file, tmp_path):
     """A model vs itself: KL exactly 0, every RM comparison a tie (win rate 0.5), and the
     written files hold the same numbers as the returned result."""
     from hbat.orchestrator.evaluation import evaluate_model
@@ -90,7 +69,7 @@ def test_eval_model_against_itself(ray_env, tiny_models, eval_file, tmp_path):
     assert "| winrate/rm | 0.500 |" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_eval_model_scores_match_direct_computation(ray_env, tiny_models, eval_file):
+def test_eval_model_scores_match_direct_computation(ray_local, tiny_models, eval_file):
     """Reward scores and KL from the actors equal an in-process computation, and a
     second run reproduces every number -- also on long-lived actors that first
     held another model and were switched to this one (what `hbat compare` does)."""
@@ -139,7 +118,7 @@ def test_eval_model_scores_match_direct_computation(ray_env, tiny_models, eval_f
         assert res.metrics["kl/seq"].values[row] == pytest.approx(direct, rel=1e-4, abs=1e-6)
 
 
-def test_eval_cli_eval_and_baseline_file(ray_env, tiny_models, eval_file, tmp_path, capsys):
+def test_eval_cli_eval_and_baseline_file(ray_local, tiny_models, eval_file, tmp_path, capsys):
     """`hbat eval` through its argparse entry: a first run writes responses.jsonl,
     a second uses them as the win-rate opponent (identical answers: 0.5)."""
     from hbat.orchestrator.evaluation.cli import main

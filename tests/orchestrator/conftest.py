@@ -16,15 +16,6 @@ def demo_files(tmp_path_factory) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-@pytest.fixture(scope="session")
-def tiny_reward_checkpoint(tmp_path_factory) -> str:
-    """A sequence-classification checkpoint on the tiny backbone (random score head)."""
-    from hbat.models import make_tiny_checkpoint
-
-    path = tmp_path_factory.mktemp("tiny_rm") / "reward"
-    return str(make_tiny_checkpoint(path, seed=1, head="sequence_classification"))
-
-
 def _set(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
