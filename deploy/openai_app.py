@@ -23,7 +23,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,7 +32,8 @@ from ray.serve import Application
 
 from hbat.deploy.engine import StepToken, TransformersEngine
 from hbat.deploy.errors import APIError, bad_request, install_error_handlers
-from hbat.deploy.guard import Guard, GuardMiddleware, load_api_keys
+from hbat.deploy.guard import GuardMiddleware
+from hbat.deploy.replica import ModelReplica
 from hbat.deploy.sampling import SamplingParams
 from hbat.deploy.schemas import (
     AssistantMessage,
@@ -84,49 +84,15 @@ class _Choice:
 
 @serve.deployment(name="PolicyServer")
 @serve.ingress(app)
-class PolicyServer:
+class PolicyServer(ModelReplica):
     """One replica = one model copy; ``reconfigure`` (re)loads the weights."""
 
     def __init__(self, args: dict):
-        self.args = PolicyAppArgs.model_validate(args)
-        self.limits = self.args.limits
-        self.model_name = self.args.served_name()
-        app.state.guard = Guard(
-            api_keys=load_api_keys(self.args.api_key_env, self.args.api_key_file),
-            max_body_bytes=self.limits.max_body_bytes,
-        )
-        if self.args.torch_threads:
-            import torch
+        self._setup(PolicyAppArgs.model_validate(args), app, "hbat-generate")
 
-            torch.set_num_threads(self.args.torch_threads)
-        # every model step runs on this one thread: requests interleave token by token
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hbat-generate")
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="hbat-load")
-        self.engine: TransformersEngine | None = None
-
-    # ------------------------------------------------------------ weights
-    async def reconfigure(self, user_config: dict) -> None:
-        """Load the checkpoint named in ``user_config`` (Serve calls this before
-        a new replica takes traffic and on every ``user_config`` change). The
-        old engine keeps serving the requests already running on it."""
-        cfg = WeightsConfig.model_validate(user_config)
-        current = self.engine
-        if current is not None and (current.checkpoint, current.weight_version) == (cfg.checkpoint, cfg.weight_version):
-            return
-        loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(
-            self._loader,
-            lambda: TransformersEngine(
-                cfg.checkpoint, dtype=self.args.dtype, device=self.args.device, weight_version=cfg.weight_version
-            ),
-        )
-        self.engine = engine
-        log.info("serving %s (weight_version=%s) as '%s'", cfg.checkpoint, cfg.weight_version, self.model_name)
-
-    def _engine(self) -> TransformersEngine:
-        if self.engine is None:
-            raise APIError(503, "The model is still loading; retry shortly.", code="model_loading")
-        return self.engine
+    def _make_engine(self, cfg: WeightsConfig) -> TransformersEngine:
+        return TransformersEngine(cfg.checkpoint, dtype=self.args.dtype, device=self.args.device,
+                                  weight_version=cfg.weight_version)
 
     def _fingerprint(self, engine: TransformersEngine) -> str | None:
         return None if engine.weight_version is None else f"hbat-v{engine.weight_version}"
@@ -143,9 +109,7 @@ class PolicyServer:
     # ------------------------------------------------------------ routes
     @app.get("/health")
     async def health(self):
-        if self.engine is None:
-            raise APIError(503, "The model is still loading.", code="model_loading")
-        return {"status": "ok", "model": self.model_name, "weight_version": self.engine.weight_version}
+        return {"status": "ok", "model": self.model_name, "weight_version": self._engine().weight_version}
 
     @app.get("/v1/models")
     async def models(self) -> ModelList:

@@ -28,7 +28,6 @@ into one call that scores every sequence in length-sorted micro-batches.
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from fastapi import FastAPI
@@ -36,7 +35,8 @@ from ray import serve
 from ray.serve import Application
 
 from hbat.deploy.errors import APIError, bad_request, install_error_handlers
-from hbat.deploy.guard import Guard, GuardMiddleware, load_api_keys
+from hbat.deploy.guard import GuardMiddleware
+from hbat.deploy.replica import ModelReplica
 from hbat.deploy.schemas import RewardRequest, RewardResponse, RewardScore, Usage
 from hbat.deploy.settings import RewardAppArgs, WeightsConfig
 
@@ -94,40 +94,17 @@ class RewardEngine:
 
 @serve.deployment(name="RewardServer")
 @serve.ingress(app)
-class RewardServer:
+class RewardServer(ModelReplica):
+    what = "reward model"
+
     def __init__(self, args: dict):
-        self.args = RewardAppArgs.model_validate(args)
-        self.limits = self.args.limits
-        self.model_name = self.args.served_name()
-        app.state.guard = Guard(
-            api_keys=load_api_keys(self.args.api_key_env, self.args.api_key_file),
-            max_body_bytes=self.limits.max_body_bytes,
-        )
-        if self.args.torch_threads:
-            torch.set_num_threads(self.args.torch_threads)
+        self._setup(RewardAppArgs.model_validate(args), app, "hbat-reward")
         self._score_batch.set_max_batch_size(self.args.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hbat-reward")
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="hbat-load")
-        self.engine: RewardEngine | None = None
 
-    async def reconfigure(self, user_config: dict) -> None:
-        cfg = WeightsConfig.model_validate(user_config)
-        current = self.engine
-        if current is not None and (current.checkpoint, current.weight_version) == (cfg.checkpoint, cfg.weight_version):
-            return
-        loop = asyncio.get_running_loop()
-        self.engine = await loop.run_in_executor(
-            self._loader,
-            lambda: RewardEngine(cfg.checkpoint, dtype=self.args.dtype, device=self.args.device,
-                                 weight_version=cfg.weight_version),
-        )
-        log.info("reward model %s (weight_version=%s) as '%s'", cfg.checkpoint, cfg.weight_version, self.model_name)
-
-    def _engine(self) -> RewardEngine:
-        if self.engine is None:
-            raise APIError(503, "The reward model is still loading; retry shortly.", code="model_loading")
-        return self.engine
+    def _make_engine(self, cfg: WeightsConfig) -> RewardEngine:
+        return RewardEngine(cfg.checkpoint, dtype=self.args.dtype, device=self.args.device,
+                            weight_version=cfg.weight_version)
 
     @app.get("/health")
     async def health(self):

@@ -100,6 +100,27 @@ def _finish(model, device, trainable: bool, gradient_checkpointing: bool):
     return model
 
 
+# role -> (transformers Auto class, extra from_pretrained kwargs, peft task type)
+_ROLE_HEADS = {
+    "causal_lm": ("AutoModelForCausalLM", {}, "CAUSAL_LM"),
+    "reward": ("AutoModelForSequenceClassification", {"num_labels": 1}, "SEQ_CLS"),
+    "critic": ("AutoModelForTokenClassification", {"num_labels": 1}, "TOKEN_CLS"),
+}
+
+
+def _load_role(role: str, name_or_path: str, dtype, device, lora, trainable: bool, gradient_checkpointing: bool):
+    import transformers
+
+    cls_name, kwargs, task_type = _ROLE_HEADS[role]
+    model = getattr(transformers, cls_name).from_pretrained(
+        resolve_model_path(name_or_path), dtype=resolve_dtype(dtype), **kwargs)
+    if role != "causal_lm":
+        _ensure_pad(model, name_or_path)
+    if trainable:
+        model = _apply_lora(model, lora, task_type)
+    return _finish(model, device, trainable, gradient_checkpointing)
+
+
 def load_causal_lm(
     name_or_path: str,
     *,
@@ -110,12 +131,7 @@ def load_causal_lm(
     gradient_checkpointing: bool = False,
 ):
     """A causal LM for the policy (``trainable=True``), reference or rollout."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=resolve_dtype(dtype))
-    if trainable:
-        model = _apply_lora(model, lora, "CAUSAL_LM")
-    return _finish(model, device, trainable, gradient_checkpointing)
+    return _load_role("causal_lm", name_or_path, dtype, device, lora, trainable, gradient_checkpointing)
 
 
 def load_reward_model(
@@ -133,15 +149,7 @@ def load_reward_model(
     how reward-model training starts); from a trained reward checkpoint it is
     restored.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(name_or_path), num_labels=1, dtype=resolve_dtype(dtype)
-    )
-    _ensure_pad(model, name_or_path)
-    if trainable:
-        model = _apply_lora(model, lora, "SEQ_CLS")
-    return _finish(model, device, trainable, gradient_checkpointing)
+    return _load_role("reward", name_or_path, dtype, device, lora, trainable, gradient_checkpointing)
 
 
 def load_critic(
@@ -158,15 +166,7 @@ def load_critic(
     Using the stock token-classification head (rather than a custom value
     head) keeps critic checkpoints loadable by plain ``transformers``.
     """
-    from transformers import AutoModelForTokenClassification
-
-    model = AutoModelForTokenClassification.from_pretrained(
-        resolve_model_path(name_or_path), num_labels=1, dtype=resolve_dtype(dtype)
-    )
-    _ensure_pad(model, name_or_path)
-    if trainable:
-        model = _apply_lora(model, lora, "TOKEN_CLS")
-    return _finish(model, device, trainable, gradient_checkpointing)
+    return _load_role("critic", name_or_path, dtype, device, lora, trainable, gradient_checkpointing)
 
 
 def _ensure_pad(model, name_or_path: str) -> None:
