@@ -65,3 +65,17 @@ def test_eval_compare_tiny(ray_local, tiny_checkpoint, tmp_path, capsys):
     assert "Reused from an earlier invocation" in capsys.readouterr().out
     # without --resume a non-empty output folder is refused
     assert main(args) == 2
+
+
+def test_cluster_recipe_config_is_valid():
+    """configs/compare_tldr_7b.yaml (the documented 7B recipe) passes the same
+    validation `hbat compare` runs before training, for every method."""
+    from hbat.orchestrator.evaluation.compare import Comparison, load_compare_config
+
+    cfg, tree = load_compare_config(REPO / "configs" / "compare_tldr_7b.yaml")
+    assert cfg.eval.judge is not None and cfg.eval.judge.model == "gpt-4o"
+    comparison = Comparison(cfg, tree)
+    for spec in cfg.specs():
+        train_cfg = comparison._train_config(spec, cfg.seeds[0], reward="<shared>")
+        assert train_cfg.model.policy == "Qwen/Qwen2.5-7B-Instruct" and train_cfg.rollout.backend == "vllm"
+        assert train_cfg.schedule.name == spec.schedule and train_cfg.schedule.rounds == 10
