@@ -249,6 +249,9 @@ class PolicyWorker:
 
     # -- weights --------------------------------------------------------------
     @torch.no_grad()
+    def weights_version(self) -> int:
+        return self.version
+
     def export_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, plain HF state dict on CPU) for rollout sync; LoRA is merged."""
         model = self.model

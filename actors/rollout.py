@@ -208,6 +208,12 @@ class RolloutWorker:
         self._version = version
         return version
 
+    def load_exported(self, packed: tuple[int, dict[str, torch.Tensor]]) -> int:
+        """:meth:`update_weights` on the ``(version, weights)`` pair ``PolicyWorker.export_weights`` returns,
+        so the driver can hand over the policy's object reference without fetching it."""
+        version, weights = packed
+        return self.update_weights(version, weights)
+
     def update_weights_from_checkpoint(self, version: int, path: str) -> int:
         """Like :meth:`update_weights`, reading a saved Hugging Face folder (``*.safetensors``).
 

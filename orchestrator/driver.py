@@ -356,8 +356,10 @@ class Driver:
         if self.critic is not None:
             futures["values"] = self.critic.first("values", exp_ref)
         exp = exp.with_fields(**dict(zip(futures, ray.get(list(futures.values())))))
+        score_s = time.time() - t - gen_s
         exp, stats = compute_targets(exp, c, self.cfg.ppo.samples_per_prompt)
         stats["time/generate_s"] = gen_s
+        stats["time/score_s"] = score_s  # old/reference log-probs, rewards and values, in parallel
         stats["perf/gen_tokens_per_s"] = float(exp.action_mask.sum()) / max(gen_s, 1e-6)
         gen = torch.Generator().manual_seed(self.cfg.run.seed + step)
         agg: dict[str, list[float]] = {}
@@ -371,16 +373,30 @@ class Driver:
                     for k, v in r.items():
                         agg.setdefault(k, []).append(v)
         stats.update({k: sum(v) / len(v) for k, v in agg.items()})
+        t_sync = time.time()
+        stats["time/train_s"] = t_sync - t - gen_s - score_s
         self._sync_rollout()
+        stats["time/sync_s"] = time.time() - t_sync
         return stats
 
     def _sync_rollout(self) -> None:
-        """Push the policy's current weights to every rollout replica (by version)."""
+        """Push the policy's current weights to every rollout replica (by version).
+
+        A no-op when the replicas already hold that version (e.g. the probe
+        right after a phase-end sync). The exported state dict goes from the
+        policy actor to the replicas as one object-store reference: the driver
+        never pulls the weights into its own process.
+        """
         if self.rollout is None:
             return
-        version, weights = ray.get(self.policy.first("export_weights"))
-        wref = ray.put(weights)
-        ray.get(self.rollout.call("update_weights", version, wref))
+        version = ray.get(self.policy.first("weights_version"))
+        if version == self._rollout_version:
+            return
+        packed = self.policy.first("export_weights")
+        ray.get(self.rollout.call("load_exported", packed))
+        self._rollout_version = version
+
+    _rollout_version: int | None = None  # the policy version the rollout replicas hold
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:

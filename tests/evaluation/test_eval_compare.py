@@ -65,6 +65,10 @@ def test_eval_compare_tiny(ray_local, tiny_checkpoint, tmp_path, capsys):
     assert "Reused from an earlier invocation" in capsys.readouterr().out
     # without --resume a non-empty output folder is refused
     assert main(args) == 2
+    # rerun from scratch with the same seed: every number is reproduced exactly
+    assert main(args + ["--overwrite"]) == 0
+    rerun = json.loads((out / "compare.json").read_text())
+    assert rerun["reused"] == [] and rerun["results"] == summary["results"]
 
 
 def test_cluster_recipe_config_is_valid():
