@@ -1,4 +1,4 @@
-"""``hbat compare`` on tiny models (configs/compare_tiny.yaml): two methods, one
+"""``hbat compare`` on tiny models (configs/compare_tiny.yaml): three methods, one
 seed; the printed table is built from the numbers the runs wrote."""
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ def test_eval_compare_tiny(ray_local, tiny_checkpoint, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "compare.json").read_text())
-    assert summary["methods"] == ["start", "sft_only", "hbat-dpo"] and summary["seeds"] == [0]
+    assert summary["methods"] == ["start", "sft_only", "hbat-ppo", "hbat-dpo"] and summary["seeds"] == [0]
     assert (out / "metrics.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     assert (out / "compare.md").read_text() in printed
 
     # every table cell is the mean of what that run's own evaluation wrote
-    for method in ("sft_only", "hbat-dpo"):
+    for method in ("sft_only", "hbat-ppo", "hbat-dpo"):
         run = out / "runs" / method / "seed0"
         written = json.loads((run / "eval" / "results.json").read_text())["metrics"]
         for k in summary["table_metrics"]:
@@ -61,11 +61,11 @@ def test_eval_compare_tiny(ray_local, tiny_checkpoint, tmp_path, capsys):
     assert main(args + ["--resume"]) == 0
     resumed = json.loads((out / "compare.json").read_text())
     assert resumed["results"] == summary["results"]
-    assert set(resumed["reused"]) >= {"sft_only/seed0", "hbat-dpo/seed0", "start"}
+    assert set(resumed["reused"]) >= {"sft_only/seed0", "hbat-ppo/seed0", "hbat-dpo/seed0", "start"}
     assert "Reused from an earlier invocation" in capsys.readouterr().out
     # without --resume a non-empty output folder is refused
     assert main(args) == 2
-    # rerun from scratch with the same seed: every number is reproduced exactly
+    # rerun from scratch with the same seed: every number is reproduced exactly (PPO's sampling included)
     assert main(args + ["--overwrite"]) == 0
     rerun = json.loads((out / "compare.json").read_text())
     assert rerun["reused"] == [] and rerun["results"] == summary["results"]
