@@ -3,8 +3,6 @@ the policy so it can be placed, sized and checkpointed on its own."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from hbat.actors.experience import Experience
@@ -16,18 +14,22 @@ from hbat.actors.training import (
     seed_everything,
 )
 from hbat.models import critic_values, load_critic, resolve_device
+from hbat.models.atomic import atomic_torch_save
+from hbat.models.precision import precision as get_precision
 from hbat.objectives import masked_mean, ppo_value_loss
 
 
 class CriticWorker:
-    def __init__(self, model: str, *, dtype: str = "float32", device: str = "auto", seed: int = 0,
-                 torch_threads: int | None = None):
+    def __init__(self, model: str, *, precision: str = "fp32", device: str = "auto", seed: int = 0,
+                 disable_dropout: bool = True, torch_threads: int | None = None):
         quiet_transformers()
         if torch_threads:
             torch.set_num_threads(torch_threads)
         seed_everything(seed)
         self.device = resolve_device(device)
-        self.model = load_critic(model, dtype=dtype, device=self.device, trainable=True)
+        self.precision = get_precision(precision)
+        self.model = load_critic(model, dtype=self.precision.train_dtype, device=self.device, trainable=True,
+                                 no_dropout=disable_dropout)
         self.opt = self.sched = None
         self.optim = OptimSettings()
         self.total_steps = 1
@@ -41,7 +43,8 @@ class CriticWorker:
     def values(self, exp: Experience) -> torch.Tensor:
         self.model.eval()
         e = exp.to(self.device)
-        out = critic_values(self.model, e.sequences, e.attention_mask).cpu()
+        with self.precision.autocast(self.device):
+            out = critic_values(self.model, e.sequences, e.attention_mask).float().cpu()
         self.model.train()
         return out * exp.action_mask
 
@@ -50,7 +53,8 @@ class CriticWorker:
             raise RuntimeError("configure() must be called before train_step()")
         self.model.train()
         e = exp.to(self.device)
-        v = critic_values(self.model, e.sequences, e.attention_mask)
+        with self.precision.autocast(self.device):
+            v = critic_values(self.model, e.sequences, e.attention_mask).float()
         loss, clipfrac = ppo_value_loss(v, e.values, e.returns, e.action_mask, clip_eps)
         loss.backward()
         norm = clip_and_step(self.model, self.opt, self.sched, self.optim.grad_clip)
@@ -58,11 +62,9 @@ class CriticWorker:
                 "critic/value_mean": float(masked_mean(v.detach(), e.action_mask))}
 
     def save_state(self, path: str) -> str:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
-                    "sched": self.sched.state_dict() if self.sched else None,
-                    "optim": self.optim.__dict__, "total_steps": self.total_steps}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"model": self.model.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
+                           "sched": self.sched.state_dict() if self.sched else None,
+                           "optim": self.optim.__dict__, "total_steps": self.total_steps}, path)
         return path
 
     def load_state(self, path: str) -> None:

@@ -9,7 +9,11 @@ through the Ray object store cheaply and without pickling any model.
 Layout: ``sequences`` is ``[N, T]`` = left-padded prompt + right-padded
 response. Token-level fields are ``[N, T-1]`` and aligned with shifted
 log-probs: position t scores token t+1. ``action_mask`` is 1 on response
-tokens (including the end-of-turn token when one was generated).
+tokens (including the end-of-turn token when one was generated). ``eos`` is
+``[N]`` bool: the response ended with an end token (False: cut at
+``max_new_tokens``). ``temperature`` is the sampling temperature: every
+log-prob of these tokens (old, new, reference) is taken from
+``logits / temperature``, the distribution they were sampled from.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ _TENSOR_FIELDS = (
     "ref_logprobs",
     "values",
     "scores",
+    "eos",
     "token_rewards",
     "advantages",
     "returns",
@@ -45,6 +50,8 @@ class Experience:
     response_text: list[str] = field(default_factory=list)
     meta: list[dict] = field(default_factory=list)
     weight_version: int = 0
+    temperature: float = 1.0
+    eos: torch.Tensor | None = None
     logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
@@ -73,7 +80,7 @@ class Experience:
         for name in _LIST_FIELDS:
             value = getattr(self, name)
             out[name] = [value[i] for i in idx.tolist()] if value else []
-        return Experience(weight_version=self.weight_version, **out)
+        return Experience(weight_version=self.weight_version, temperature=self.temperature, **out)
 
     def minibatches(self, size: int, generator: torch.Generator | None = None) -> list["Experience"]:
         """Shuffled mini-batches for PPO epochs (last one may be smaller)."""
@@ -119,4 +126,7 @@ class Experience:
         out["prompt_index"] = torch.cat(shifted)
         for name in _LIST_FIELDS:
             out[name] = [x for p in parts for x in getattr(p, name)]
-        return Experience(weight_version=min(p.weight_version for p in parts), **out)
+        temps = {p.temperature for p in parts}
+        if len(temps) > 1:
+            raise ValueError(f"cannot join experience sampled at different temperatures {sorted(temps)}")
+        return Experience(weight_version=min(p.weight_version for p in parts), temperature=temps.pop(), **out)

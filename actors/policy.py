@@ -1,16 +1,16 @@
 """The trainable policy.
 
-It owns the weights, the optimizer and the EWC anchors, and exposes one step
-method per objective family plus a combined step for mixed objectives (ptx,
-joint). It does not know the schedule: the driver tells it when a phase begins
-and ends and which anchor to apply; the policy remembers, per phase kind, how
-its own weights moved (the modified-EWC importance) so the anchor tensors never
-leave the actor.
+It owns the weights (fp32 master weights unless ``bf16-pure`` is chosen), the
+optimizer and the EWC anchors. One ``train_step`` takes a list of loss parts
+(SFT, a preference loss, PPO), so mixed objectives (ptx, joint) are one
+optimizer step. It does not know the schedule: the driver tells it when a
+phase begins and ends and which anchor to apply; the policy remembers, per
+phase kind, how its own weights moved (the modified-EWC importance) so the
+anchor tensors never leave the actor.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -27,8 +27,12 @@ from hbat.actors.training import (
     split_micro,
     to_device,
 )
+from hbat.actors.rollout_hf import merged_state_dict
 from hbat.models import LoraSettings, load_causal_lm, load_tokenizer, resolve_device, save_checkpoint
+from hbat.models.atomic import atomic_torch_save
+from hbat.models.precision import precision as get_precision
 from hbat.objectives import (
+    AUTHORS_CODE_SCALE,
     EWCAnchor,
     entropy_from_logits,
     fisher_importance,
@@ -57,12 +61,27 @@ class LossPart:
     options: dict = field(default_factory=dict)
 
 
-@dataclass
-class EWCSettings:
-    method: str = "modified"  # modified | fisher | none
-    strength: float = 1.0
-    normalize: str = "max"
-    max_weight: float = 1.0
+
+def _loss_units(kind: str, batch) -> int:
+    """What a loss part's mean runs over, for exact gradient accumulation:
+    loss tokens for token-level losses (SFT, PPO), pairs or rows for the
+    sequence-level preference losses."""
+    if kind == "ppo":
+        return int(batch.action_mask.sum())
+    if kind == "sft":
+        return int(batch["loss_mask"][:, 1:].sum())
+    if kind == "pairwise":
+        return int(batch["input_ids"].shape[0] // 2)
+    return int(batch["input_ids"].shape[0])
+
+
+def _lora_layers(model):
+    """(module name, peft LoRA layer) for every adapted module of a peft model."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer) and m.active_adapters]
 
 
 class PolicyWorker:
@@ -70,10 +89,11 @@ class PolicyWorker:
         self,
         model: str,
         *,
-        dtype: str = "float32",
+        precision: str = "fp32",
         device: str = "auto",
         lora: dict | None = None,
         gradient_checkpointing: bool = False,
+        disable_dropout: bool = True,
         seed: int = 0,
         torch_threads: int | None = None,
     ):
@@ -82,14 +102,17 @@ class PolicyWorker:
             torch.set_num_threads(torch_threads)
         seed_everything(seed)
         self.device = resolve_device(device)
+        self.precision = get_precision(precision)
         self.model = load_causal_lm(
-            model, dtype=dtype, device=self.device, trainable=True,
+            model, dtype=self.precision.train_dtype, device=self.device, trainable=True,
             lora=LoraSettings(**lora) if lora else None, gradient_checkpointing=gradient_checkpointing,
+            no_dropout=disable_dropout,
         )
         self.tokenizer = load_tokenizer(model)
         self.opt = self.sched = None
         self.optim = OptimSettings()
         self.phase: str | None = None
+        self.ewc = None  # the EWC config section of the running phase (None: record no anchor)
         self._phase_start: dict[str, torch.Tensor] | None = None
         self.anchors: dict[str, EWCAnchor] = {}  # phase kind -> anchor from its last phase
         self.active_kind: str | None = None  # which recorded anchor this phase applies
@@ -98,58 +121,118 @@ class PolicyWorker:
         self.steps_in_phase = 0
 
     # -- phases ---------------------------------------------------------------
-    def begin_phase(self, kind: str, optim: dict, total_steps: int, anchor: str | None = None) -> None:
-        """Fresh optimizer for this phase; apply the anchor of phase kind ``anchor``."""
+    def begin_phase(self, kind: str, optim: dict, total_steps: int, anchor: str | None = None, ewc=None) -> None:
+        """Fresh optimizer for this phase (``total_steps`` optimizer steps); apply
+        the anchor of phase kind ``anchor``; with ``ewc`` (the config's EWC
+        section) this phase's anchor is recorded at :meth:`end_phase`."""
         self.optim = OptimSettings.from_dict(optim)
         if anchor and anchor not in self.anchors:
             raise ValueError(f"no EWC anchor recorded for phase kind '{anchor}' yet")
         self.total_steps = total_steps
         self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)
         self.phase = kind
+        self.ewc = ewc if ewc is not None and ewc.method != "none" else None
         self.steps_in_phase = 0
-        self._phase_start = trainable_state(self.model)
+        self._phase_start = self._ewc_tensors(differentiable=False) if self.ewc is not None else None
         self.active_kind = anchor
 
-    def end_phase(self, ewc: dict | None = None, fisher_batches: list | None = None) -> dict:
+    def end_phase(self, fisher_batches: list | None = None) -> dict:
         """Record this phase's anchor (theta* = now, weights from movement or Fisher)."""
-        s = EWCSettings(**(ewc or {}))
-        out = {}
-        if s.method != "none" and self.phase is not None:
-            end = trainable_state(self.model)
-            if s.method == "modified":
-                anchor = EWCAnchor.from_movement(self._phase_start, end, s.strength, s.normalize, s.max_weight)
+        s, out = self.ewc, {}
+        if s is not None and self.phase is not None:
+            if s.method in ("modified", "modified_code"):
+                end = self._ewc_tensors(differentiable=False)
+                previous = self.anchors.get(self.phase) if s.accumulate else None
+                anchor = EWCAnchor.from_movement(
+                    self._phase_start, end, s.strength, s.resolved_normalize, s.resolved_max_weight,
+                    previous=previous, scale=s.softmax_scale or AUTHORS_CODE_SCALE)
             else:
                 if not fisher_batches:
                     raise ValueError("fisher EWC needs fisher_batches from this phase's data")
+                # the Fisher is taken w.r.t. the trainable parameters themselves
+                # (LoRA: its factors), where the gradients live
                 imp = fisher_importance(self.model, fisher_batches, self._fisher_loss)
                 self.model.zero_grad(set_to_none=True)
-                anchor = EWCAnchor.from_fisher(end, imp, s.strength, s.normalize, s.max_weight)
+                anchor = EWCAnchor.from_fisher(trainable_state(self.model), imp, s.strength,
+                                               s.resolved_normalize, s.resolved_max_weight)
+                anchor.view = "params"
+            if s.method != "fisher":
+                anchor.view = self._view()
             self.anchors[self.phase] = anchor
             weights = list(anchor.weights.values())
-            out = {"ewc/anchored_tensors": len(weights), "ewc/mean_weight": sum(weights) / max(1, len(weights))}
-        self.phase, self._phase_start, self.active_kind = None, None, None
+            out = {"ewc/anchored_tensors": len(weights), "ewc/mean_weight": sum(weights) / max(1, len(weights)),
+                   "ewc/max_weight": max(weights, default=0.0)}
+        self.phase, self._phase_start, self.active_kind, self.ewc = None, None, None, None
         return out
 
-    def _fisher_loss(self, model, batch) -> torch.Tensor:
-        if isinstance(batch, Experience):
-            return -self._logps(batch.to(self.device).sequences, batch.to(self.device).attention_mask).mean()
-        b = to_device(batch, self.device)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        return sft_loss(logits, b["input_ids"], b["loss_mask"])
+    def _view(self) -> str:
+        """Which tensors EWC anchors: trainable ``params``, or LoRA's effective ``delta``."""
+        lora = hasattr(self.model, "peft_config")
+        return "delta" if lora and (self.ewc is None or self.ewc.lora_penalty == "delta") else "params"
+
+    def _ewc_tensors(self, differentiable: bool, view: str | None = None) -> dict[str, torch.Tensor]:
+        """The tensors EWC snapshots and penalises, by name.
+
+        Full fine-tuning: every trainable parameter. LoRA with
+        ``ewc.lora_penalty: delta``: per adapted module the effective weight
+        change ``scale * B @ A`` (``<module>.lora_delta``), plus any other
+        trainable tensor (``modules_to_save``). Anchoring A and B separately
+        penalises a change of factorisation that leaves the weights unchanged
+        and misses changes that cancel between them; the product does neither.
+        ``differentiable=False`` gives detached CPU copies (snapshots).
+        """
+        view = view or self._view()
+        if view == "params":
+            if differentiable:
+                return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+            return trainable_state(self.model)
+        out: dict[str, torch.Tensor] = {}
+        covered: set[int] = set()
+        with torch.set_grad_enabled(differentiable):
+            for name, layer in _lora_layers(self.model):
+                delta = None
+                for adapter in layer.active_adapters:
+                    if adapter not in layer.lora_A:
+                        continue
+                    d = layer.get_delta_weight(adapter).float()
+                    delta = d if delta is None else delta + d
+                    covered.update(id(p) for p in (*layer.lora_A[adapter].parameters(), *layer.lora_B[adapter].parameters()))
+                if delta is not None:
+                    out[f"{name}.lora_delta"] = delta if differentiable else delta.detach().to("cpu", copy=True)
+        for n, p in self.model.named_parameters():
+            if p.requires_grad and id(p) not in covered:
+                out[n] = p if differentiable else p.detach().to("cpu", copy=True)
+        return out
+
+    def _fisher_loss(self, model, part: LossPart) -> torch.Tensor:
+        """The objective whose Fisher EWC keeps (see ``ewc.fisher_loss``).
+
+        A PPO batch gives the masked NLL of the policy's own samples (response
+        tokens only): its squared gradient estimates the model Fisher.
+        """
+        if part.kind == "ppo":
+            e = part.batch.to(self.device)
+            return -masked_mean(self._logps(e.sequences, e.attention_mask, e.temperature), e.action_mask)
+        return self._loss(part)[0]
 
     # -- forward helpers ------------------------------------------------------
     def _logits(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        with self.precision.autocast(self.device):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def _logps(self, input_ids, attention_mask):
-        return token_logprobs(self._logits(input_ids, attention_mask), input_ids)
+    def _logps(self, input_ids, attention_mask, temperature: float = 1.0):
+        """Token log-probs of the sampling distribution: logits / temperature, as the rollout sampled."""
+        logits = self._logits(input_ids, attention_mask)
+        if temperature and temperature != 1.0:
+            logits = logits.float() / temperature
+        return token_logprobs(logits, input_ids)
 
     @torch.no_grad()
     def logprobs(self, exp: Experience) -> torch.Tensor:
         """Old-policy per-token log-probs for an experience batch ([N, T-1], CPU)."""
         self.model.eval()
         e = exp.to(self.device)
-        out = self._logps(e.sequences, e.attention_mask).float().cpu()
+        out = self._logps(e.sequences, e.attention_mask, e.temperature).float().cpu()
         self.model.train()
         return out
 
@@ -174,27 +257,39 @@ class PolicyWorker:
         raise ValueError(f"unknown loss part kind '{part.kind}'")
 
     def _preference_loss(self, part: LossPart):
+        """The registry loss on policy and reference log-probs.
+
+        ``options``: ``loss`` (registry name), ``average_logps`` (per-token
+        mean instead of the sum, applied to policy and reference alike) and
+        the loss's own keywords. Extra inputs come from the loss's declared
+        ``inputs`` (``chosen_nll``, ``num_tokens``), not from its name.
+        """
         opts = dict(part.options)
         spec = get_preference_loss(opts.pop("loss", "dpo"))
+        average = opts.pop("average_logps", spec.average_logps)
         b = to_device(part.batch, self.device)
         logits = self._logits(b["input_ids"], b["attention_mask"])
         logps = sequence_logprobs(logits, b["input_ids"], b["loss_mask"])
         ref = b["ref_logps"].to(logps.dtype)
+        ntok = b["loss_mask"][:, 1:].sum(1).clamp(min=1).to(logps.dtype)
+        if average:
+            logps, ref = logps / ntok, ref / ntok
         if spec.kind == "pairwise":
             n = logps.shape[0] // 2  # collate_pairwise: chosen rows then rejected rows
-            if opts.pop("needs_chosen_nll", False) or spec.fn.__name__ == "slic_loss":
-                ntok = b["loss_mask"][:n, 1:].sum(1).clamp(min=1)
-                opts.setdefault("chosen_nll", -logps[:n] / ntok)
+            if "chosen_nll" in spec.inputs:
+                opts.setdefault("chosen_nll", -(logps[:n] if average else logps[:n] / ntok[:n]))
             loss, stats = spec(logps[:n], logps[n:], ref[:n], ref[n:], **opts)
         else:
-            if spec.fn.__name__ == "ulma_loss":
-                opts.setdefault("num_tokens", b["loss_mask"][:, 1:].sum(1).clamp(min=1).to(logps.dtype))
+            if "num_tokens" in spec.inputs:
+                opts.setdefault("num_tokens", ntok)
             loss, stats = spec(logps, ref, b["labels"], **opts)
         return loss, {"pref/loss": loss.item(), **{f"pref/{k}": float(v) for k, v in stats.items()}}
 
     def _ppo_loss(self, part: LossPart):
         e: Experience = part.batch.to(self.device)
         logits = self._logits(e.sequences, e.attention_mask)
+        if e.temperature and e.temperature != 1.0:
+            logits = logits.float() / e.temperature
         logp = token_logprobs(logits, e.sequences)
         loss, stats = ppo_policy_loss(logp, e.logprobs, e.advantages, e.action_mask, part.options.get("clip_eps", 0.2))
         with torch.no_grad():
@@ -207,7 +302,10 @@ class PolicyWorker:
         """One optimizer step on ``sum_i w_i * L_i + EWC penalty``.
 
         Each part is split into ``grad_accum`` micro-batches; gradients
-        accumulate and the optimizer steps once.
+        accumulate and the optimizer steps once. Each micro-batch's mean loss
+        is weighted by its share of the part's loss units (tokens for SFT and
+        PPO, pairs/rows for preference losses), so the accumulated gradient is
+        that of the whole batch's mean: ``grad_accum`` never changes the loss.
         """
         if self.opt is None:
             raise RuntimeError("begin_phase() must be called before train_step()")
@@ -217,13 +315,17 @@ class PolicyWorker:
         for part in parts:
             micro = part.batch.minibatches(max(1, -(-len(part.batch) // k))) if isinstance(part.batch, Experience) \
                 else split_micro(part.batch, k, paired=part.kind == "pairwise")
-            for mb in micro:
+            units = [_loss_units(part.kind, mb) for mb in micro]
+            total = sum(units)
+            for mb, u in zip(micro, units):
+                share = u / total if total else 1.0 / len(micro)
                 loss, stats = self._loss(LossPart(part.kind, mb, part.weight, part.options))
-                (part.weight * loss / len(micro)).backward()
+                (part.weight * share * loss).backward()
                 for key, v in stats.items():
-                    metrics[key] = metrics.get(key, 0.0) + v / len(micro)
+                    metrics[key] = metrics.get(key, 0.0) + v * share
         if self.active_kind is not None:
-            pen = self.anchors[self.active_kind].penalty(self.model)
+            anchor = self.anchors[self.active_kind]
+            pen = anchor.penalty(self._ewc_tensors(differentiable=True, view=getattr(anchor, "view", "params")))
             if pen.requires_grad:
                 pen.backward()
             metrics["ewc/penalty"] = float(pen.detach())
@@ -244,8 +346,13 @@ class PolicyWorker:
 
     def ewc_penalty(self, kind: str) -> float:
         """Penalty of the current weights against the recorded anchor of ``kind``."""
+        anchor = self.anchors[kind]
         with torch.no_grad():
-            return float(self.anchors[kind].penalty(self.model))
+            return float(anchor.penalty(self._ewc_tensors(differentiable=False, view=getattr(anchor, "view", "params"))))
+
+    def anchor_weights(self, kind: str) -> dict[str, float]:
+        """Per-tensor EWC weights of the anchor recorded for ``kind`` (inspection, tests)."""
+        return dict(self.anchors[kind].weights)
 
     # -- weights --------------------------------------------------------------
     @torch.no_grad()
@@ -253,18 +360,15 @@ class PolicyWorker:
         return self.version
 
     def export_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """(version, plain HF state dict on CPU) for rollout sync; LoRA is merged."""
-        model = self.model
-        if hasattr(model, "peft_config"):
-            model.merge_adapter()
-            state = {
-                k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().cpu().clone()
-                for k, v in model.state_dict().items() if "lora_" not in k
-            }
-            model.unmerge_adapter()
-        else:
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return self.version, state
+        """(version, plain HF state dict on CPU) for rollout sync and reference refresh.
+
+        LoRA adapters are folded into a *copy* of the base weights
+        (:func:`merged_state_dict`): merging in place and unmerging again
+        drifts the frozen base in bf16, since ``(W + d) - d != W`` there.
+        """
+        if hasattr(self.model, "peft_config"):
+            return self.version, merged_state_dict(self.model)
+        return self.version, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def save_pretrained(self, path: str) -> str:
         save_checkpoint(self.model, self.tokenizer, path, extra={"weight_version": self.version})
@@ -278,8 +382,9 @@ class PolicyWorker:
             "sched": self.sched.state_dict() if self.sched else None,
             "optim": self.optim.__dict__,
             "phase": self.phase,
+            "ewc": self.ewc,
             "phase_start": self._phase_start,
-            "anchors": {k: a.state_dict() for k, a in self.anchors.items()},
+            "anchors": {k: {**a.state_dict(), "view": getattr(a, "view", "params")} for k, a in self.anchors.items()},
             "active_kind": self.active_kind,
             "total_steps": self.total_steps,
             "version": self.version,
@@ -289,18 +394,19 @@ class PolicyWorker:
 
     def save_state(self, path: str) -> str:
         """Full training state (weights, optimizer, anchors, RNG) in one file, atomically."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(self.state(), path)
         return path
 
     def load_state(self, path: str) -> int:
         st = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(st["model"])
-        self.anchors = {k: EWCAnchor.from_state_dict(v) for k, v in st["anchors"].items()}
+        self.anchors = {}
+        for k, v in st["anchors"].items():
+            self.anchors[k] = EWCAnchor.from_state_dict(v)
+            self.anchors[k].view = v.get("view", "params")
         self.optim = OptimSettings.from_dict(st["optim"])
         self.phase = st["phase"]
+        self.ewc = st.get("ewc")
         self._phase_start = st["phase_start"]
         self.active_kind = st["active_kind"]
         self.total_steps = st["total_steps"]

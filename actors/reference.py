@@ -1,6 +1,11 @@
 """The frozen reference model: log-probs for the KL penalty (PPO) and the
 implicit reward of the DPO family. Never trained, so it can sit on a shared
-device at low priority."""
+device at low priority.
+
+It starts as the initial model; ``reference.refresh`` can reset it to the
+policy of a later moment (e.g. the SFT result, as InstructGPT does) through
+:meth:`load_exported`, and a run checkpoint keeps such a reference with
+:meth:`save_weights` / :meth:`load_weights_file`."""
 
 from __future__ import annotations
 
@@ -20,12 +25,53 @@ class ReferenceWorker:
         self.device = resolve_device(device)
         self.model = load_causal_lm(model, dtype=dtype, device=self.device)
 
+        self.version: int | None = None  # policy weight version loaded by a refresh (None: initial model)
+
     @torch.no_grad()
     def logprobs(self, exp: Experience) -> torch.Tensor:
-        """Per-token reference log-probs [N, T-1] (CPU, fp32)."""
+        """Per-token reference log-probs [N, T-1] (CPU, fp32) of the sampling
+        distribution (logits / the rollout's temperature, like the policy's)."""
         e = exp.to(self.device)
         logits = self.model(input_ids=e.sequences, attention_mask=e.attention_mask).logits
+        if e.temperature and e.temperature != 1.0:
+            logits = logits.float() / e.temperature
         return token_logprobs(logits, e.sequences).float().cpu()
+
+    @torch.no_grad()
+    def load_exported(self, packed: tuple[int, dict[str, torch.Tensor]]) -> int:
+        """Become the policy: load ``PolicyWorker.export_weights()``'s ``(version, state)``."""
+        version, state = packed
+        self._load(state)
+        self.version = int(version)
+        return self.version
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        tied = {n for n in missing if n == "lm_head.weight" and getattr(self.model.config, "tie_word_embeddings", False)}
+        if set(missing) - tied or unexpected:
+            raise ValueError(f"reference refresh: weights do not match the reference model "
+                             f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+    def save_weights(self, path: str) -> str:
+        """The current reference weights as one safetensors file (run checkpoints)."""
+        import os
+
+        from safetensors.torch import save_model
+
+        tmp = f"{path}.tmp-{os.getpid()}"
+        save_model(self.model, tmp, metadata={"version": str(self.version)})
+        os.replace(tmp, path)
+        return path
+
+    def load_weights_file(self, path: str) -> int | None:
+        from safetensors import safe_open
+        from safetensors.torch import load_model
+
+        load_model(self.model, path, strict=False)
+        with safe_open(path, "pt") as fh:
+            v = (fh.metadata() or {}).get("version")
+        self.version = None if v in (None, "None") else int(v)
+        return self.version
 
     @torch.no_grad()
     def sequence_logps(self, batch: dict) -> torch.Tensor:

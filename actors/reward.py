@@ -25,6 +25,7 @@ from hbat.actors.training import (
     to_device,
 )
 from hbat.models import load_reward_model, load_tokenizer, resolve_device, reward_scores, save_checkpoint
+from hbat.models.precision import precision as get_precision
 from hbat.objectives import bradley_terry_loss
 
 RuleFn = Callable[[str, str, dict], float]
@@ -56,9 +57,13 @@ class RewardWorker:
         rule_weight: float = 1.0,
         model_weight: float = 1.0,
         trainable: bool = False,
+        precision: str = "fp32",
         seed: int = 0,
         torch_threads: int | None = None,
     ):
+        """``dtype``: the weights of a scoring-only model; a ``trainable`` one
+        (reward-model training) holds ``precision``'s train dtype and computes
+        under its autocast."""
         quiet_transformers()
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -66,8 +71,10 @@ class RewardWorker:
         self.device = resolve_device(device)
         self.model = None
         self.tokenizer = None
+        self.precision = get_precision(precision)
         if model is not None:
-            self.model = load_reward_model(model, dtype=dtype, device=self.device, trainable=trainable)
+            self.model = load_reward_model(model, dtype=self.precision.train_dtype if trainable else dtype,
+                                           device=self.device, trainable=trainable)
             self.tokenizer = load_tokenizer(model)
         self.rules = [load_rule(r) for r in (rules or [])]
         self.rule_weight, self.model_weight = rule_weight, model_weight
@@ -108,7 +115,8 @@ class RewardWorker:
         """One BT step on a ``collate_pairwise`` batch (chosen rows, then rejected rows)."""
         self.model.train()
         b = to_device(batch, self.device)
-        scores = reward_scores(self.model, b["input_ids"], b["attention_mask"])
+        with self.precision.autocast(self.device):
+            scores = reward_scores(self.model, b["input_ids"], b["attention_mask"]).float()
         n = scores.shape[0] // 2
         loss, acc = bradley_terry_loss(scores[:n], scores[n:])
         loss.backward()

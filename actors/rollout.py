@@ -167,7 +167,10 @@ class RolloutWorker:
             weight_version=self._version,
         )
         flat = [r for group in responses for r in group]
-        return exp.with_fields(response_text=tok.batch_decode(flat, skip_special_tokens=True))
+        ends = set(self.backend.eos_token_ids)
+        eos = torch.tensor([bool(r) and r[-1] in ends for r in flat], dtype=torch.bool)
+        return exp.with_fields(response_text=tok.batch_decode(flat, skip_special_tokens=True), eos=eos,
+                               temperature=sampling.temperature if sampling.temperature > 0 else 1.0)
 
     def generate_text(self, prompts: list[str] | list[list[dict]], sampling: SamplingSettings) -> list[list[str]]:
         """Text in, text out (evaluation, PopAlign pair building).

@@ -98,6 +98,15 @@ class VLLMBackend:
         path = resolve_model_path(model)
         self._tokenizer = load_tokenizer(path)
         self.pad_token_id = self._tokenizer.pad_token_id
+        eos = {int(self._tokenizer.eos_token_id)} if self._tokenizer.eos_token_id is not None else set()
+        try:  # generation_config.json may list more end tokens (e.g. <|im_end|> and <|endoftext|>)
+            from transformers import GenerationConfig
+
+            gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
+            eos.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
+        except (OSError, ValueError):
+            pass
+        self.eos_token_ids = sorted(eos)  # a response ending in one of these finished (else: truncated)
         kwargs = {
             "dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype),
             "gpu_memory_utilization": 0.5,  # leave room for a colocated trainer

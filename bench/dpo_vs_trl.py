@@ -288,7 +288,7 @@ def hbat_dpo_round(args, policy, ref, batch):
             ref_logps0 = ref_logps
         marks.append((t0, t1, t2))
         metrics.append(m)
-    policy.end_phase({"method": "none"})
+    policy.end_phase()
     timed = marks[1:]  # the first step is warm-up
 
     def span(i, j):
@@ -308,7 +308,7 @@ def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
     log(f"DPO batch: {args.pairs} pairs -> input_ids {shape} ({n_tokens} non-pad tokens, "
         f"{int(batch['loss_mask'].sum())} response tokens)")
 
-    policy = PolicyWorker(model_path, dtype="float32", device="cpu", seed=args.seed, torch_threads=args.threads)
+    policy = PolicyWorker(model_path, precision="fp32", device="cpu", seed=args.seed, torch_threads=args.threads)
     ref = ReferenceWorker(model_path, dtype="float32", device="cpu", torch_threads=args.threads)
 
     hb_policy, hb_total, trl = Series("hbat policy step"), Series("hbat ref fwd + policy step"), Series("TRL DPOTrainer")
@@ -409,7 +409,7 @@ def hbat_sft_round(args, policy, batch):
         t0 = clock()
         metrics.append(policy.train_step([LossPart("sft", batch)]))
         marks.append((t0, clock()))
-    policy.end_phase({"method": "none"})
+    policy.end_phase()
     timed = marks[1:]  # the first step is warm-up
     return ([b[0] - a[0] for a, b in timed], [b[1] - a[1] for a, b in timed]), metrics
 
@@ -421,7 +421,7 @@ def run_sft(args, model_path, tokenizer, data_dir, log, progress):
     n_tokens = int(batch["attention_mask"].sum())
     shape = tuple(batch["input_ids"].shape)
     log(f"SFT batch: {args.pairs} examples -> input_ids {shape} ({n_tokens} non-pad tokens)")
-    policy = PolicyWorker(model_path, dtype="float32", device="cpu", seed=args.seed, torch_threads=args.threads)
+    policy = PolicyWorker(model_path, precision="fp32", device="cpu", seed=args.seed, torch_threads=args.threads)
     hb, trl = Series("hbat sft step"), Series("TRL SFTTrainer")
     res = {"kind": "SFT", "tokens": n_tokens, "shape": shape,
            "rows": [(hb, "one SFT optimizer step"), (trl, "one SFT optimizer step")],

@@ -5,6 +5,7 @@ or critic model, so every actor loads weights the same way."""
 from hbat.models.default import EMBEDDED_MODELS, resolve_model_path
 from hbat.models.loader import (
     LoraSettings,
+    disable_dropout,
     load_causal_lm,
     load_critic,
     load_reward_model,
@@ -13,12 +14,17 @@ from hbat.models.loader import (
     resolve_dtype,
     save_checkpoint,
 )
+from hbat.models.precision import PRECISIONS, Precision, precision
 from hbat.models.scoring import critic_values, reward_scores
 from hbat.models.tiny import build_tiny_tokenizer, make_tiny_checkpoint
 
 __all__ = [
     "EMBEDDED_MODELS",
     "LoraSettings",
+    "PRECISIONS",
+    "Precision",
+    "disable_dropout",
+    "precision",
     "build_tiny_tokenizer",
     "critic_values",
     "load_causal_lm",

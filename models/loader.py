@@ -86,9 +86,27 @@ def _apply_lora(model, lora: LoraSettings | None, task_type: str):
     return get_peft_model(model, cfg)
 
 
-def _finish(model, device, trainable: bool, gradient_checkpointing: bool):
+def disable_dropout(model) -> int:
+    """Set every ``nn.Dropout`` (the model's and LoRA's) to ``p = 0``; returns how many.
+
+    Why: PPO's old log-probs and the reference run in eval mode (no dropout);
+    if the trained forward drops units, the first step's ratio is not 1 and
+    DPO's policy/reference log-ratio is not 0 at the start -- noise that the
+    objectives read as signal. TRL's ``disable_dropout`` does the same.
+    """
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p != 0.0:
+            module.p = 0.0
+            n += 1
+    return n
+
+
+def _finish(model, device, trainable: bool, gradient_checkpointing: bool, no_dropout: bool = True):
     model.to(resolve_device(device) if isinstance(device, str) else device)
     if trainable:
+        if no_dropout:
+            disable_dropout(model)
         model.train()
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -108,7 +126,8 @@ _ROLE_HEADS = {
 }
 
 
-def _load_role(role: str, name_or_path: str, dtype, device, lora, trainable: bool, gradient_checkpointing: bool):
+def _load_role(role: str, name_or_path: str, dtype, device, lora, trainable: bool, gradient_checkpointing: bool,
+               no_dropout: bool = True):
     import transformers
 
     cls_name, kwargs, task_type = _ROLE_HEADS[role]
@@ -118,7 +137,7 @@ def _load_role(role: str, name_or_path: str, dtype, device, lora, trainable: boo
         _ensure_pad(model, name_or_path)
     if trainable:
         model = _apply_lora(model, lora, task_type)
-    return _finish(model, device, trainable, gradient_checkpointing)
+    return _finish(model, device, trainable, gradient_checkpointing, no_dropout)
 
 
 def load_causal_lm(
@@ -129,9 +148,13 @@ def load_causal_lm(
     lora: LoraSettings | None = None,
     trainable: bool = False,
     gradient_checkpointing: bool = False,
+    no_dropout: bool = True,
 ):
-    """A causal LM for the policy (``trainable=True``), reference or rollout."""
-    return _load_role("causal_lm", name_or_path, dtype, device, lora, trainable, gradient_checkpointing)
+    """A causal LM for the policy (``trainable=True``), reference or rollout.
+
+    ``no_dropout`` (trainable models): see :func:`disable_dropout`.
+    """
+    return _load_role("causal_lm", name_or_path, dtype, device, lora, trainable, gradient_checkpointing, no_dropout)
 
 
 def load_reward_model(
@@ -142,6 +165,7 @@ def load_reward_model(
     lora: LoraSettings | None = None,
     trainable: bool = False,
     gradient_checkpointing: bool = False,
+    no_dropout: bool = True,
 ):
     """A scalar reward model: ``AutoModelForSequenceClassification`` with one label.
 
@@ -149,7 +173,7 @@ def load_reward_model(
     how reward-model training starts); from a trained reward checkpoint it is
     restored.
     """
-    return _load_role("reward", name_or_path, dtype, device, lora, trainable, gradient_checkpointing)
+    return _load_role("reward", name_or_path, dtype, device, lora, trainable, gradient_checkpointing, no_dropout)
 
 
 def load_critic(
@@ -160,13 +184,14 @@ def load_critic(
     lora: LoraSettings | None = None,
     trainable: bool = True,
     gradient_checkpointing: bool = False,
+    no_dropout: bool = True,
 ):
     """A per-token value model: ``AutoModelForTokenClassification`` with one label.
 
     Using the stock token-classification head (rather than a custom value
     head) keeps critic checkpoints loadable by plain ``transformers``.
     """
-    return _load_role("critic", name_or_path, dtype, device, lora, trainable, gradient_checkpointing)
+    return _load_role("critic", name_or_path, dtype, device, lora, trainable, gradient_checkpointing, no_dropout)
 
 
 def _ensure_pad(model, name_or_path: str) -> None:

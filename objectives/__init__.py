@@ -17,6 +17,7 @@ module:
 """
 
 from .ewc import (
+    AUTHORS_CODE_SCALE,
     EWCAnchor,
     fisher_importance,
     movement_importance,
@@ -41,6 +42,7 @@ from .reward_model import bradley_terry_loss
 from .sft import sft_loss
 
 __all__ = [
+    "AUTHORS_CODE_SCALE",
     "EWCAnchor",
     "LossSpec",
     "PREFERENCE_LOSSES",

@@ -15,6 +15,16 @@ backward passes. Importances are per tensor (one scalar per named parameter),
 normalised across tensors and capped at ``max_weight`` (the paper's
 ``ewc_max_weight``).
 
+Two variants of the modified-EWC importance exist. The paper's text
+(Section 3.3) describes the per-phase movement, normalised across tensors
+and capped at ``ewc_max_weight`` -- ``method: modified`` here. The authors'
+released code (a DeepSpeed-Chat fork) differs: the importance *accumulates*
+over rounds (each phase adds its movement to the importance recorded for the
+same objective before), the squared movement is multiplied by a large factor
+before a softmax over tensors, and the softmax is multiplied by
+``ewc_max_weight`` (100 by default there) -- ``method: modified_code``, the
+``scaled_softmax`` normalisation with :data:`AUTHORS_CODE_SCALE`.
+
 Everything is keyed by parameter name, so the same code anchors a full model
 or only its LoRA adapters: snapshot whatever :func:`trainable_state` returns.
 """
@@ -35,9 +45,16 @@ __all__ = [
     "normalize_importance",
     "EWCAnchor",
     "NORMALIZE_MODES",
+    "AUTHORS_CODE_SCALE",
 ]
 
-NORMALIZE_MODES = ("max", "softmax", "rank", "none")
+NORMALIZE_MODES = ("max", "softmax", "rank", "none", "scaled_softmax")
+
+#: factor on the raw (mean squared movement) importances before the
+#: ``scaled_softmax``: squared weight deltas are ~1e-10..1e-6, so without a
+#: large factor the softmax would be uniform. Our choice of order of magnitude
+#: for the authors' code's "large factor" (see the module docstring).
+AUTHORS_CODE_SCALE = 1e6
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
@@ -121,7 +138,9 @@ def fisher_importance(
     return {n: s / count for n, s in zip(names, sums)}
 
 
-def normalize_importance(imp: Mapping[str, float], mode: str = "max", max_weight: float = 1.0) -> dict[str, float]:
+def normalize_importance(
+    imp: Mapping[str, float], mode: str = "max", max_weight: float = 1.0, scale: float = 1.0
+) -> dict[str, float]:
     """Turn raw per-tensor importances into EWC weights in ``[0, max_weight]``.
 
     With ``N`` tensors and ``m = max_n imp_n``:
@@ -139,6 +158,10 @@ def normalize_importance(imp: Mapping[str, float], mode: str = "max", max_weight
       ascending importance (ties share their average rank) -- robust to a
       single outlier tensor dominating ``"max"``.
     * ``"none"``: ``w_n = min(imp_n, max_weight)`` (raw importances, capped).
+    * ``"scaled_softmax"`` (the authors' code): ``w_n = max_weight *
+      softmax_n(scale * imp_n)`` -- weights sum to ``max_weight``; no cap
+      beyond that. All-zero importances give the uniform ``max_weight / N``
+      there too, as that code does.
 
     Every mode caps at ``max_weight`` (the paper's ``ewc_max_weight``). If all
     importances are 0 (nothing moved) every weight is 0 -- no anchor strength
@@ -154,6 +177,9 @@ def normalize_importance(imp: Mapping[str, float], mode: str = "max", max_weight
         raise ValueError(f"importances must be finite and >= 0; bad for {bad}")
     if not names:
         return {}
+    if mode == "scaled_softmax":
+        logits = torch.tensor(vals, dtype=torch.float64) * float(scale)
+        return {n: float(x) * max_weight for n, x in zip(names, torch.softmax(logits, dim=0).tolist())}
     m = max(vals)
     if m == 0.0:
         return {n: 0.0 for n in names}
@@ -213,6 +239,7 @@ class EWCAnchor:
         }
         self.weights: dict[str, float] = {n: float(weights[n]) for n in anchor}
         self.strength = float(strength)
+        self.importance: dict[str, float] = {}  # raw importance the weights came from (accumulates in modified_code)
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -223,11 +250,23 @@ class EWCAnchor:
         strength: float,
         mode: str = "max",
         max_weight: float = 1.0,
+        previous: "EWCAnchor | Mapping[str, float] | None" = None,
+        scale: float = 1.0,
     ) -> EWCAnchor:
-        """HBAT modified EWC: anchor at ``end_state``, weights from the start->end movement."""
+        """HBAT modified EWC: anchor at ``end_state``, weights from the start->end movement.
+
+        ``previous`` (an anchor or raw importances by name): its raw importance
+        is added to this phase's movement first -- the authors' code's
+        accumulation over rounds; names it lacks count 0.
+        """
         imp = movement_importance(start_state, end_state)
-        weights = normalize_importance(imp, mode=mode, max_weight=max_weight)
-        return cls({n: end_state[n] for n in imp}, weights, strength)
+        if previous is not None:
+            prev = previous.importance if isinstance(previous, EWCAnchor) else previous
+            imp = {n: v + float(prev.get(n, 0.0)) for n, v in imp.items()}
+        weights = normalize_importance(imp, mode=mode, max_weight=max_weight, scale=scale)
+        anchor = cls({n: end_state[n] for n in imp}, weights, strength)
+        anchor.importance = dict(imp)
+        return anchor
 
     @classmethod
     def from_fisher(
@@ -244,7 +283,9 @@ class EWCAnchor:
         """
         names = [n for n in anchor_state if n in fisher_imp]
         weights = normalize_importance({n: fisher_imp[n] for n in names}, mode=mode, max_weight=max_weight)
-        return cls({n: anchor_state[n] for n in names}, weights, strength)
+        anchor = cls({n: anchor_state[n] for n in names}, weights, strength)
+        anchor.importance = {n: float(fisher_imp[n]) for n in names}
+        return anchor
 
     # -- use ----------------------------------------------------------------
     @property
@@ -305,12 +346,15 @@ class EWCAnchor:
             "anchor": {n: t.detach().to("cpu", copy=True) for n, t in self.anchor.items()},
             "weights": dict(self.weights),
             "strength": self.strength,
+            "importance": dict(self.importance),
         }
 
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> EWCAnchor:
         """Inverse of :meth:`state_dict`."""
-        return cls(d["anchor"], d["weights"], d["strength"])
+        anchor = cls(d["anchor"], d["weights"], d["strength"])
+        anchor.importance = dict(d.get("importance", {}))
+        return anchor
 
     def __repr__(self) -> str:
         return f"EWCAnchor(tensors={len(self.anchor)}, strength={self.strength})"

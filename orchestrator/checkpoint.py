@@ -22,6 +22,7 @@ class RunState:
     reward_model: str | None = None  # path of the trained reward model, once trained
     completed_phases: list[str] = field(default_factory=list)
     finished: bool = False
+    reference_version: int | None = None  # policy version the reference was refreshed to (None: initial model)
 
 
 class CheckpointManager:

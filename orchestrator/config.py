@@ -27,15 +27,61 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    """Which weights each role loads. ``reward: null`` trains one first."""
+    """Which weights each role loads and in what precision. ``reward: null`` trains one first.
+
+    ``precision`` (see ``hbat.models.precision``): ``fp32``; ``bf16-mixed`` --
+    fp32 master weights and AdamW state, bf16 autocast compute, bf16 frozen
+    roles (the choice for GPUs); ``bf16-pure`` -- weights and optimizer state
+    in bf16, *lossy*: most small updates round away. ``dtype`` is the
+    deprecated spelling (float32 -> fp32, bfloat16 -> bf16-pure, auto ->
+    bf16-mixed).
+    """
 
     policy: str = "smollm2-135m"
     reference: str | None = None  # default: same as policy
     reward: str | None = None  # a trained reward checkpoint; None -> stage reward_model trains one
     critic: str | None = None  # default: the reward model if any, else the policy
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    precision: Literal["fp32", "bf16-mixed", "bf16-pure"] = "fp32"
+    dtype: Literal["auto", "float32", "bfloat16"] | None = None  # deprecated alias of precision
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
+    disable_dropout: bool = True  # trainable roles: dropout off, so train/eval forwards agree (TRL's default)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_alias(cls, data):
+        if isinstance(data, dict) and data.get("dtype") is not None:
+            from hbat.models.precision import DTYPE_ALIASES
+
+            mapped = DTYPE_ALIASES.get(data["dtype"])
+            if mapped is None:
+                return data  # the Literal check names the bad value
+            if data.get("precision") not in (None, mapped):
+                raise ValueError(f"model.dtype '{data['dtype']}' (deprecated) contradicts model.precision "
+                                 f"'{data['precision']}'; remove model.dtype")
+            import warnings
+
+            msg = f"model.dtype is deprecated: use model.precision: {mapped}"
+            if mapped == "bf16-pure":
+                msg += " (lossy: weights and AdamW state in bf16; bf16-mixed keeps fp32 master weights)"
+            warnings.warn(msg, FutureWarning, stacklevel=2)
+            data = {**data, "precision": mapped, "dtype": None}
+        return data
+
+
+class ReferenceConfig(Section):
+    """When the frozen reference (the KL / DPO anchor) is reset to the current policy.
+
+    ``never``: always the starting model. ``after_sft_stage``: the policy at
+    the end of the instruction stage (InstructGPT / DeepSpeed-Chat: RLHF is
+    regularised toward the SFT model). ``each_round``: the policy at the end
+    of every instruction phase, before that round's preference phase (the HBAT
+    authors' code reloads actor and reference from each instruction phase's
+    output). ``auto``: the faithful choice per schedule -- two_stage/ptx
+    after_sft_stage, hbat/alternating each_round, joint/sft_only never.
+    """
+
+    refresh: Literal["auto", "never", "after_sft_stage", "each_round"] = "auto"
 
 
 class DataConfig(Section):
@@ -124,13 +170,18 @@ class PPOConfig(Section):
     clip_eps: float = Field(0.2, gt=0)
     value_clip_eps: float = Field(0.2, gt=0)
     kl_coef: float = Field(0.05, ge=0)
+    missing_eos_penalty: float | None = Field(None, ge=0)  # subtracted from the score of responses cut at max_new_tokens
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     advantage: Literal["gae", "grpo", "rloo"] = "gae"
     whiten_scores: bool = False
     score_clip: float | None = Field(None, gt=0)
-    normalize_advantages: bool = True
+    # Whitening advantages over the batch (token-weighted): right for GAE, wrong
+    # for group baselines (long responses dominate the mean and flip signs), so
+    # null means: on for gae, off for grpo/rloo (TRL, OpenRLHF).
+    normalize_advantages: bool | None = None
+    group_std_scaling: bool = True  # grpo: divide by the group's std; false = Dr. GRPO (Liu et al. 2025)
     optim: OptimConfig = OptimConfig(lr=1e-6)
     critic_optim: OptimConfig = OptimConfig(lr=5e-6)
 
@@ -140,24 +191,80 @@ class PPOConfig(Section):
             raise ValueError(f"advantage '{self.advantage}' needs samples_per_prompt >= 2")
         return self
 
+    @property
+    def whiten_advantages(self) -> bool:
+        """``normalize_advantages`` resolved per advantage method (see the field)."""
+        return self.advantage == "gae" if self.normalize_advantages is None else self.normalize_advantages
+
+    def rollout_size(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+    def optimizer_steps_per_step(self) -> int:
+        """Optimizer steps one PPO step makes: epochs x mini-batches (LR schedules count these)."""
+        return self.ppo_epochs * -(-self.rollout_size() // self.mini_batch_size)
+
 
 class DPOConfig(Section):
+    """The offline preference loss (DPO, cDPO, IPO, SLiC-HF, point-wise DPO, ULMA).
+
+    Unset options (``null``) take the loss's own registry default
+    (``hbat.objectives.registry``): e.g. ``beta`` is 0.1 for DPO/IPO and 1 for
+    SLiC-HF. ``options`` passes loss-specific keywords (SLiC's ``delta`` and
+    ``reg_weight``); ``average_logps`` uses per-token mean instead of summed
+    response log-probs (null: the registry's choice -- true for IPO as in
+    TRL, false otherwise).
+    """
+
     loss: str = "dpo"  # a name from hbat.objectives registry
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    beta: float | None = Field(None, gt=0)
+    label_smoothing: float | None = Field(None, ge=0, lt=0.5)
+    average_logps: bool | None = None
+    options: dict[str, float] = {}
     batch_size: int = Field(8, gt=0)
     steps_per_phase: int | None = Field(None, gt=0)
     optim: OptimConfig = OptimConfig(lr=5e-7)
 
 
 class EWCConfig(Section):
-    """HBAT's modified EWC (DESIGN §2)."""
+    """HBAT's modified EWC (docs/ewc.md).
 
-    method: Literal["modified", "fisher", "none"] = "modified"
+    ``method``: ``modified`` -- importance = how far the other objective's
+    last phase moved each tensor, normalised by ``normalize`` and capped at
+    ``max_weight`` (the paper's text); ``modified_code`` -- the authors'
+    released code: importance accumulates over rounds, ``scaled_softmax``
+    normalisation times ``max_weight`` (default 100 there); ``fisher`` --
+    original EWC, diagonal Fisher of ``fisher_loss`` on ``fisher_batches``
+    batches of the phase's data; ``none``.
+    ``fisher_loss``: ``phase`` -- the phase's own objective (SFT NLL; the
+    preference loss with reference log-probs; PPO: the NLL of the policy's own
+    samples, i.e. the model Fisher), or ``sft`` -- the chosen responses' SFT
+    likelihood in DPO phases. ``lora_penalty``: with LoRA, anchor the
+    effective weight change ``scale * B @ A`` of each adapted module
+    (``delta``, invariant to rescaling A against B) or the factors themselves
+    (``factors``).
+    """
+
+    method: Literal["modified", "modified_code", "fisher", "none"] = "modified"
     strength: float = Field(1.0, ge=0)  # lambda
-    normalize: Literal["max", "softmax", "rank"] = "max"
-    max_weight: float = Field(1.0, gt=0)  # paper's ewc_max_weight
+    normalize: Literal["max", "softmax", "rank", "scaled_softmax"] | None = None  # null: max (scaled_softmax for modified_code)
+    max_weight: float | None = Field(None, gt=0)  # paper's ewc_max_weight; null: 1 (100 for modified_code)
+    softmax_scale: float | None = Field(None, gt=0)  # scaled_softmax factor; null: the authors' code's
     fisher_batches: int = Field(4, gt=0)
+    fisher_loss: Literal["phase", "sft"] = "phase"
+    lora_penalty: Literal["delta", "factors"] = "delta"
+
+    @property
+    def resolved_normalize(self) -> str:
+        return self.normalize or ("scaled_softmax" if self.method == "modified_code" else "max")
+
+    @property
+    def resolved_max_weight(self) -> float:
+        return self.max_weight if self.max_weight is not None else (100.0 if self.method == "modified_code" else 1.0)
+
+    @property
+    def accumulate(self) -> bool:
+        """Importance adds up over rounds (the authors' code)."""
+        return self.method == "modified_code"
 
 
 class ScheduleConfig(Section):
@@ -201,6 +308,7 @@ class Config(Section):
     reward_model: RewardModelConfig = RewardModelConfig()
     ppo: PPOConfig = PPOConfig()
     dpo: DPOConfig = DPOConfig()
+    reference: ReferenceConfig = ReferenceConfig()
     ewc: EWCConfig = EWCConfig()
     logging: LoggingConfig = LoggingConfig()
 

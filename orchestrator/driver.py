@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -25,10 +26,11 @@ from hbat.actors.rollout import RolloutWorker
 from hbat.actors.sampling import SamplingSettings
 from hbat.models import load_tokenizer
 from hbat.models.atomic import atomic_write_bytes
+from hbat.models.precision import precision
 from hbat.objectives import get_preference_loss
 from hbat.orchestrator.advantages import compute_targets
 from hbat.orchestrator.checkpoint import CheckpointManager, RunState
-from hbat.orchestrator.config import Config, ConfigError, dump_config
+from hbat.orchestrator.config import Config, ConfigError, OptimConfig, dump_config
 from hbat.orchestrator.data import (
     PairwiseDataset,
     PointwiseDataset,
@@ -43,6 +45,18 @@ from hbat.orchestrator.placement import Placement
 from hbat.orchestrator.schedules import Phase, build_plan
 
 log = logging.getLogger("hbat")
+
+
+@dataclass(frozen=True)
+class PhaseSetup:
+    """What one phase trains on: its data, batch size, phase steps, optimizer
+    section, and the SFT batch size of its mixed-in term (ptx / joint)."""
+
+    data: object
+    batch_size: int
+    steps: int
+    optim: OptimConfig
+    sft_batch_size: int
 
 _WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
 
@@ -64,6 +78,7 @@ class Driver:
             self.pref_spec = get_preference_loss(self.cfg.dpo.loss)
         except ValueError as exc:
             raise ConfigError(f"dpo.loss: {exc}") from None
+        self.pref_options = self._preference_options()
         for path in self.cfg.reward_model.rule_rewards:
             try:
                 load_rule(path)
@@ -81,6 +96,24 @@ class Driver:
                 "resources.policy.replicas / resources.critic.replicas > 1: data-parallel policy and critic "
                 "training is not available yet; scale rollout/reference/reward replicas instead"
             )
+
+    def _preference_options(self) -> dict:
+        """The preference loss's keyword options: registry defaults, then what the config sets.
+
+        A key the loss does not take is a ConfigError naming it and the valid ones.
+        """
+        d, spec = self.cfg.dpo, self.pref_spec
+        valid = spec.option_names()
+        given = dict(d.options)
+        for key in ("beta", "label_smoothing"):
+            if getattr(d, key) is not None:
+                given[key] = getattr(d, key)
+        bad = sorted(set(given) - set(valid))
+        if bad:
+            where = ", ".join(f"dpo.{k}" if k in ("beta", "label_smoothing") else f"dpo.options.{k}" for k in bad)
+            raise ConfigError(f"{where}: not an option of dpo.loss '{d.loss}' (valid: {', '.join(valid) or 'none'})")
+        average = spec.average_logps if d.average_logps is None else d.average_logps
+        return {"loss": d.loss, **spec.defaults, **given, "average_logps": average}
 
     def load_data(self) -> None:
         """Tokenise and validate every file up front (bad data fails before Ray starts)."""
@@ -119,13 +152,14 @@ class Driver:
         self.placement = Placement(c.resources, roles)
         m, threads = c.model, c.resources.torch_threads
         lora = m.lora.model_dump() if m.lora else None
-        self.policy = self.placement.spawn("policy", PolicyWorker, m.policy, dtype=m.dtype, lora=lora,
-                                           gradient_checkpointing=m.gradient_checkpointing, seed=c.run.seed,
-                                           torch_threads=threads)
+        frozen = precision(m.precision).frozen_dtype_name  # reference / reward scoring / rollout weights
+        self.policy = self.placement.spawn("policy", PolicyWorker, m.policy, precision=m.precision, lora=lora,
+                                           gradient_checkpointing=m.gradient_checkpointing,
+                                           disable_dropout=m.disable_dropout, seed=c.run.seed, torch_threads=threads)
         self.reference = self.placement.spawn("reference", ReferenceWorker, m.reference or m.policy,
-                                              dtype=m.dtype, torch_threads=threads)
+                                              dtype=frozen, torch_threads=threads)
         self.rollout = self.placement.spawn("rollout", RolloutWorker, m.policy, backend=c.rollout.backend,
-                                            dtype=m.dtype, vllm_kwargs=c.rollout.vllm) if "rollout" in roles else None
+                                            dtype=frozen, vllm_kwargs=c.rollout.vllm) if "rollout" in roles else None
         self.reward = self.critic = None
         ray.get(self.policy.call("ping") + self.reference.call("ping"))
 
@@ -136,8 +170,9 @@ class Driver:
         out = self.run_dir / "reward_model"
         if (out / "config.json").exists():
             return str(out)
-        worker = self.placement.spawn("reward", RewardWorker, c.model.policy, dtype=c.model.dtype, trainable=True,
-                                      seed=c.run.seed, torch_threads=c.resources.torch_threads)
+        worker = self.placement.spawn("reward", RewardWorker, c.model.policy, trainable=True,
+                                      precision=c.model.precision, seed=c.run.seed,
+                                      torch_threads=c.resources.torch_threads)
         n_batches = -(-len(self.pairs) // rm.batch_size)
         total = min(rm.max_steps or n_batches * rm.epochs, n_batches * rm.epochs)
         ray.get(worker.call("begin_training", rm.optim.model_dump(), total))
@@ -167,12 +202,14 @@ class Driver:
             return
         rm_path = c.model.reward or self.state.reward_model
         self.reward = self.placement.spawn(
-            "reward", RewardWorker, rm_path, dtype=c.model.dtype, rules=c.reward_model.rule_rewards,
+            "reward", RewardWorker, rm_path, dtype=precision(c.model.precision).frozen_dtype_name,
+            rules=c.reward_model.rule_rewards,
             rule_weight=c.reward_model.rule_weight, model_weight=c.reward_model.model_weight,
             torch_threads=c.resources.torch_threads)
         if "critic" in self.roles:
             self.critic = self.placement.spawn("critic", CriticWorker, c.model.critic or rm_path or c.model.policy,
-                                               dtype=c.model.dtype, seed=c.run.seed,
+                                               precision=c.model.precision, seed=c.run.seed,
+                                               disable_dropout=c.model.disable_dropout,
                                                torch_threads=c.resources.torch_threads)
 
     # ---------------------------------------------------------------- run
@@ -193,6 +230,8 @@ class Driver:
             self.start_scorers()
             if resumed:
                 self._load_actor_states(resumed[1])
+                if self.state.reference_version is not None:
+                    ray.get(self.reference.call("load_weights_file", str(resumed[1] / "reference.safetensors")))
                 log.info("resumed at phase %d step %d", self.state.phase_index, self.state.step_in_phase)
             if self.critic is not None:
                 ray.get(self.critic.call("configure", c.ppo.critic_optim.model_dump(), self._critic_total_steps()))
@@ -217,29 +256,43 @@ class Driver:
     last_eval: dict = {}
 
     def _critic_total_steps(self) -> int:
-        return max(1, sum(self._phase_steps(p) for p in self.plan if p.kind == "preference")) * self.cfg.ppo.ppo_epochs
+        """Optimizer steps the critic takes over the run (its LR schedule's length)."""
+        per = self.cfg.ppo.optimizer_steps_per_step()
+        return max(1, sum(self._phase_setup(p).steps * per for p in self.plan if p.kind == "preference"))
 
     # -------------------------------------------------------------- phases
     def _shard(self, ds, phase: Phase):
         return ds.shard(phase.num_shards, phase.shard)
 
-    def _phase_data(self, phase: Phase):
+    def _own_setup(self, kind: str, phase: Phase) -> "PhaseSetup":
+        """Data, batch size, step count and optimizer section of a plain phase of ``kind``."""
         c = self.cfg
-        if phase.kind == "sft":
-            return self._shard(self.sft, phase), c.sft.batch_size
-        if c.schedule.preference == "ppo":
-            return self._shard(self.prompts, phase), c.ppo.prompts_per_step
-        ds = self.points if self.pref_spec.kind == "pointwise" else self.pairs
-        return self._shard(ds, phase), c.dpo.batch_size
+        if kind == "sft":
+            data, bs, fixed, optim = self._shard(self.sft, phase), c.sft.batch_size, c.sft.steps_per_phase, c.sft.optim
+        elif c.schedule.preference == "ppo":
+            data, bs, fixed, optim = self._shard(self.prompts, phase), c.ppo.prompts_per_step, c.ppo.steps_per_phase, c.ppo.optim
+        else:
+            ds = self.points if self.pref_spec.kind == "pointwise" else self.pairs
+            data, bs, fixed, optim = self._shard(ds, phase), c.dpo.batch_size, c.dpo.steps_per_phase, c.dpo.optim
+        steps = phase.steps if phase.steps is not None else (fixed or max(1, -(-len(data) // bs)))
+        return PhaseSetup(data, bs, steps, optim, c.sft.batch_size)
 
-    def _phase_steps(self, phase: Phase) -> int:
-        c = self.cfg
-        if phase.steps is not None:
-            return phase.steps
-        data, bs = self._phase_data(phase)
-        fixed = c.sft.steps_per_phase if phase.kind == "sft" else (
-            c.ppo.steps_per_phase if c.schedule.preference == "ppo" else c.dpo.steps_per_phase)
-        return fixed or max(1, -(-len(data) // bs))
+    def _phase_setup(self, phase: Phase) -> "PhaseSetup":
+        """What a phase trains on and how long; ``joint_budget`` phases get their
+        round's SFT and preference budgets combined (see ``Phase``)."""
+        own = self._own_setup(phase.kind, phase)
+        if not phase.joint_budget:
+            return own
+        sft = self._own_setup("sft", phase)
+        S, P = sft.steps, own.steps
+        lr = (S * sft.optim.lr + P * own.optim.lr) / (S + P)
+        return PhaseSetup(own.data, max(1, round(own.batch_size * P / (S + P))), S + P,
+                          own.optim.model_copy(update={"lr": lr}), max(1, round(sft.batch_size * S / (S + P))))
+
+    def _optimizer_steps(self, phase: Phase, steps: int) -> int:
+        """Optimizer steps of ``steps`` phase steps: PPO makes epochs x mini-batches per step."""
+        ppo = phase.kind == "preference" and self.cfg.schedule.preference == "ppo"
+        return steps * (self.cfg.ppo.optimizer_steps_per_step() if ppo else 1)
 
     def _batch_indices(self, n: int, bs: int, phase_index: int, step: int) -> list[int]:
         """Deterministic per (seed, phase, step) so a resumed run sees the same batches."""
@@ -251,15 +304,32 @@ class Driver:
             idx += perm2[: bs - len(idx)].tolist()
         return idx
 
+    def _refresh_reference(self) -> None:
+        """The reference becomes the current policy (``reference.refresh``)."""
+        version = ray.get(self.reference.call("load_exported", self.policy.first("export_weights")))[0]
+        self.state.reference_version = version
+        log.info("reference refreshed to the policy (weight version %d)", version)
+
     def _run_phase(self, index: int, phase: Phase) -> None:
         c = self.cfg
-        total = self._phase_steps(phase)
-        data, bs = self._phase_data(phase)
-        optim = (c.sft.optim if phase.kind == "sft" else (c.ppo.optim if c.schedule.preference == "ppo" else c.dpo.optim))
+        setup = self._phase_setup(phase)
+        total, data, bs = setup.steps, setup.data, setup.batch_size
         if self.state.step_in_phase == 0:
-            ray.get(self.policy.call("begin_phase", phase.kind, optim.model_dump(), total, phase.anchor))
+            if phase.refresh_reference:
+                self._refresh_reference()
+            ray.get(self.policy.call("begin_phase", phase.kind, setup.optim.model_dump(),
+                                     self._optimizer_steps(phase, total), phase.anchor,
+                                     c.ewc if phase.record_anchor else None))
             self.metrics.phase_boundary(self.state.global_step, index, phase.name)
         sft_shard = self._shard(self.sft, phase) if phase.sft_mix else None
+
+        def mix_for(opt_step: int) -> LossPart | None:
+            """ptx / joint: a fresh SFT batch for every optimizer step of the phase."""
+            if sft_shard is None:
+                return None
+            sidx = self._batch_indices(len(sft_shard), setup.sft_batch_size, index + 10_000, opt_step)
+            return LossPart("sft", collate_sft([sft_shard[i] for i in sidx], self.pad_id), weight=phase.sft_mix)
+
         desc = f"phase {index + 1}/{len(self.plan)} {phase.name}"
         with tqdm(total=total, initial=self.state.step_in_phase, desc=desc, disable=not c.logging.progress) as pbar:
             while self.state.step_in_phase < total:
@@ -267,16 +337,12 @@ class Driver:
                 t = time.time()
                 idx = self._batch_indices(len(data), bs, index, step)
                 examples = [data[i] for i in idx]
-                mix = None
-                if sft_shard is not None:
-                    sidx = self._batch_indices(len(sft_shard), c.sft.batch_size, index + 10_000, step)
-                    mix = LossPart("sft", collate_sft([sft_shard[i] for i in sidx], self.pad_id), weight=phase.sft_mix)
                 if phase.kind == "sft":
                     stats = ray.get(self.policy.first("train_step", [LossPart("sft", collate_sft(examples, self.pad_id))]))
                 elif c.schedule.preference == "ppo":
-                    stats = self._ppo_step(examples, index, step, mix)
+                    stats = self._ppo_step(examples, index, step, mix_for)
                 else:
-                    stats = self._dpo_step(examples, mix)
+                    stats = self._dpo_step(examples, mix_for(step))
                 stats["time/step_s"] = time.time() - t
                 self.state.step_in_phase += 1
                 self.state.global_step += 1
@@ -287,9 +353,8 @@ class Driver:
                 every = c.run.checkpoint_every
                 if every and self.state.step_in_phase % every == 0 and self.state.step_in_phase < total:
                     self._checkpoint()
-        ewc = c.ewc.model_dump(exclude={"fisher_batches"}) if phase.record_anchor else {"method": "none"}
         fisher = self._fisher_batches(phase, data) if phase.record_anchor and c.ewc.method == "fisher" else None
-        end_stats = ray.get(self.policy.first("end_phase", ewc, fisher))
+        end_stats = ray.get(self.policy.first("end_phase", fisher))
         self._sync_rollout()  # after every optimiser phase: the next PPO phase must not sample a stale policy
         eval_stats = self.evaluate()
         self.metrics.log(self.state.global_step, {**end_stats, **eval_stats}, phase=phase.name)
@@ -298,32 +363,43 @@ class Driver:
         self.state.step_in_phase = 0
         self._checkpoint()
 
-    def _fisher_batches(self, phase: Phase, data) -> list:
-        n, bs = self.cfg.ewc.fisher_batches, self.cfg.sft.batch_size
+    def _fisher_batches(self, phase: Phase, data) -> list[LossPart]:
+        """``ewc.fisher_batches`` loss parts of the phase's own objective (``ewc.fisher_loss``).
+
+        SFT: instruction batches. DPO family: preference batches with their
+        reference log-probs (``phase``), or the chosen responses' SFT
+        likelihood (``sft``). PPO: fresh samples of the policy, whose masked
+        NLL gives the model Fisher. Batches are drawn with a fixed
+        per-phase seed, so a resumed run takes the same ones.
+        """
+        c = self.cfg
+        n, bs = c.ewc.fisher_batches, c.sft.batch_size
+        draw = lambda k: [data[i] for i in self._batch_indices(len(data), bs, 20_000 + self.state.phase_index, k)]  # noqa: E731
         if phase.kind == "sft":
-            return [collate_sft([data[i] for i in self._batch_indices(len(data), bs, -1, k)], self.pad_id) for k in range(n)]
-        if self.cfg.schedule.preference == "dpo":
-            # Fisher of the chosen responses' likelihood: the preferred behaviour to keep
+            return [LossPart("sft", collate_sft(draw(k), self.pad_id)) for k in range(n)]
+        if c.schedule.preference == "dpo":
             out = []
             for k in range(n):
-                ex = [data[i] for i in self._batch_indices(len(data), bs, -1, k)]
-                if "chosen_input_ids" in ex[0]:
+                ex = draw(k)
+                if c.ewc.fisher_loss == "sft" and "chosen_input_ids" in ex[0]:
                     ex = [{"input_ids": e["chosen_input_ids"], "loss_mask": e["chosen_loss_mask"]} for e in ex]
-                out.append(collate_sft(ex, self.pad_id))
+                    out.append(LossPart("sft", collate_sft(ex, self.pad_id)))
+                else:
+                    out.append(self._preference_part(ex))
             return out
-        exp = self._rollout([data[i] for i in self._batch_indices(len(data), bs, -1, 0)], seed=-1, greedy=False)
-        return exp.minibatches(max(1, len(exp) // n))
+        exp = self._rollout(draw(0), seed=c.run.seed * 100_003 + 77_777 + self.state.phase_index)
+        return [LossPart("ppo", mb) for mb in exp.minibatches(max(1, -(-len(exp) // n)))]
 
     # ------------------------------------------------------------- DPO step
-    def _dpo_step(self, examples: list[dict], mix: LossPart | None) -> dict:
-        c = self.cfg
+    def _preference_part(self, examples: list[dict]) -> LossPart:
+        """A collated preference batch with its reference log-probs and the loss's resolved options."""
         kind = self.pref_spec.kind
         batch = collate_pairwise(examples, self.pad_id) if kind == "pairwise" else collate_pointwise(examples, self.pad_id)
         batch["ref_logps"] = ray.get(self.reference.first("sequence_logps", batch))
-        options = {"loss": c.dpo.loss, "beta": c.dpo.beta}
-        if c.dpo.loss in ("dpo", "cdpo") and c.dpo.label_smoothing:
-            options["label_smoothing"] = c.dpo.label_smoothing
-        parts = [LossPart(kind, batch, options=options)] + ([mix] if mix else [])
+        return LossPart(kind, batch, options=dict(self.pref_options))
+
+    def _dpo_step(self, examples: list[dict], mix: LossPart | None) -> dict:
+        parts = [self._preference_part(examples)] + ([mix] if mix else [])
         return ray.get(self.policy.first("train_step", parts))
 
     # ------------------------------------------------------------- PPO step
@@ -342,7 +418,7 @@ class Driver:
                                                   [e["prompt_text"] for e in part], [e["meta"] for e in part]))
         return Experience.concat(ray.get(refs), self.pad_id)
 
-    def _ppo_step(self, examples: list[dict], phase_index: int, step: int, mix: LossPart | None) -> dict:
+    def _ppo_step(self, examples: list[dict], phase_index: int, step: int, mix_for) -> dict:
         c = self.cfg.ppo
         t = time.time()
         exp = self._rollout(examples, seed=self.cfg.run.seed * 100_003 + phase_index * 1_009 + step)
@@ -363,8 +439,12 @@ class Driver:
         stats["perf/gen_tokens_per_s"] = float(exp.action_mask.sum()) / max(gen_s, 1e-6)
         gen = torch.Generator().manual_seed(self.cfg.run.seed + step)
         agg: dict[str, list[float]] = {}
+        per_step = c.optimizer_steps_per_step()
+        opt_step = step * per_step
         for _ in range(c.ppo_epochs):
             for mb in exp.minibatches(c.mini_batch_size, gen):
+                mix = mix_for(opt_step)
+                opt_step += 1
                 parts = [LossPart("ppo", mb, options={"clip_eps": c.clip_eps})] + ([mix] if mix else [])
                 refs = [self.policy.first("train_step", parts)]
                 if self.critic is not None:
@@ -421,6 +501,8 @@ class Driver:
     def _checkpoint(self) -> None:
         def write(folder: Path) -> None:
             refs = [self.policy.first("save_state", str(folder / "policy.pt"))]
+            if self.state.reference_version is not None:  # a refreshed reference is not on disk anywhere else
+                refs.append(self.reference.first("save_weights", str(folder / "reference.safetensors")))
             if self.critic is not None:
                 refs.append(self.critic.first("save_state", str(folder / "critic.pt")))
             ray.get(refs)

@@ -27,9 +27,12 @@ def ptx(cfg) -> list[Phase]:
 
 def joint(cfg) -> list[Phase]:
     """One multi-objective run from the start: every step optimises
-    L_pref + mix_coef * L_SFT, no separate SFT stage."""
+    L_pref + mix_coef * L_SFT, no separate SFT stage. Each round gets the same
+    optimizer steps and examples of each dataset as an hbat round (see
+    ``Phase.joint_budget``), so the comparison changes only how the objectives
+    are combined."""
     T, c = cfg.schedule.rounds, cfg.schedule.mix_coef
-    return [Phase("preference", t, T, sft_mix=c) for t in range(T)]
+    return [Phase("preference", t, T, sft_mix=c, joint_budget=True) for t in range(T)]
 
 
 def sft_only(cfg) -> list[Phase]:

@@ -1,6 +1,6 @@
 """The modified-EWC penalty as the PolicyWorker applies it between phases:
 zero at the anchor, growing as the weights move away, proportional to
-``ewc.strength`` (DESIGN §2)."""
+``ewc.strength``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from hbat.actors.policy import LossPart, PolicyWorker
 from hbat.models import load_tokenizer
+from hbat.orchestrator.config import EWCConfig
 from hbat.orchestrator.data import SFTDataset, collate_sft
 
 OPTIM = {"lr": 1e-2}
@@ -28,10 +29,10 @@ def _worker(tiny_checkpoint) -> PolicyWorker:
 def _anchored(tiny_checkpoint, sft_batches, strength: float) -> PolicyWorker:
     """An SFT phase of two steps, ended with a modified-EWC anchor of ``strength``."""
     w = _worker(tiny_checkpoint)
-    w.begin_phase("sft", OPTIM, 2)
+    w.begin_phase("sft", OPTIM, 2, None, EWCConfig(method="modified", strength=strength, normalize="max", max_weight=1.0))
     for b in sft_batches[:2]:
         w.train_step([LossPart("sft", b)])
-    stats = w.end_phase({"method": "modified", "strength": strength, "normalize": "max", "max_weight": 1.0})
+    stats = w.end_phase()
     assert stats["ewc/anchored_tensors"] > 0
     return w
 
@@ -54,7 +55,7 @@ def test_penalty_zero_at_anchor_then_grows(tiny_checkpoint, sft_batches):
     penalties.append(w.ewc_penalty("sft"))
     assert penalties[0] == 0.0
     assert all(p > 0 for p in penalties[1:]), penalties  # > 0 as soon as the weights left theta*
-    w.end_phase({"method": "none"})
+    w.end_phase()
     # the anchor of the other kind is untouched by a phase recorded with method none
     assert set(w.anchors) == {"sft"}
 

@@ -46,11 +46,15 @@ class RecordingDriver(Driver):
         super().__init__(*args, **kwargs)
         self.used: list[tuple[str, list[str]]] = []  # (phase name, origins read)
 
-    def _phase_data(self, phase):
-        data, bs = super()._phase_data(phase)
-        log: list[str] = []
-        self.used.append((phase.name, log))
-        return _RecordingView(data, log), bs
+    def _phase_setup(self, phase):
+        from dataclasses import replace
+
+        setup = super()._phase_setup(phase)
+        logs = dict(self.used)
+        if phase.name not in logs:
+            self.used.append((phase.name, []))
+            logs = dict(self.used)
+        return replace(setup, data=_RecordingView(setup.data, logs[phase.name]))
 
 
 @dataclass
@@ -89,7 +93,9 @@ def phase_budget(cfg, phase) -> int:
         return phase.steps
     if phase.kind == "sft":
         return cfg.sft.steps_per_phase
-    return cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.dpo.steps_per_phase
+    pref = cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.dpo.steps_per_phase
+    # joint carries its round's instruction budget as well (same optimizer steps as hbat)
+    return pref + cfg.sft.steps_per_phase if phase.joint_budget else pref
 
 
 def expected_steps(cfg, plan) -> int:
