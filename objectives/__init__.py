@@ -1,6 +1,6 @@
 """Pure-torch objectives for hbat: losses, estimators and the EWC penalty.
 
-No Ray in here (DESIGN.md §1): everything takes and returns tensors, so the
+No Ray in here (docs/architecture.md §1): everything takes and returns tensors, so the
 same code runs inside any actor, in tests and in notebooks. One idea per
 module:
 

@@ -105,7 +105,7 @@ class RoleResources(Section):
 
 
 class ResourcesConfig(Section):
-    """Placement: one placement-group bundle per colocation group (DESIGN §5)."""
+    """Placement: one placement-group bundle per colocation group (docs/architecture.md §5)."""
 
     address: str | None = None  # None -> local Ray
     num_cpus: int | None = None  # for local Ray
@@ -226,7 +226,7 @@ class DPOConfig(Section):
 
 
 class EWCConfig(Section):
-    """HBAT's modified EWC (docs/ewc.md).
+    """HBAT's modified EWC (docs/architecture.md §2).
 
     ``method``: ``modified`` -- importance = how far the other objective's
     last phase moved each tensor, normalised by ``normalize`` and capped at

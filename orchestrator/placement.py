@@ -1,5 +1,5 @@
 """Where each role runs: one Ray placement group whose bundles are the
-colocation groups of the config (DESIGN §5).
+colocation groups of the config (docs/architecture.md §5).
 
 Roles listed together in ``resources.colocate`` share one bundle per replica
 (its resources are the sum of theirs), so they land on the same node and, on

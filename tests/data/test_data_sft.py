@@ -232,8 +232,9 @@ def test_template_failure_is_a_data_error(chatml_tokenizer, h):
     assert ei.value.line == 1 and ei.value.field == "messages"
 
 
-def test_lead_tiny_tokenizer_if_available(h):
-    tiny = pytest.importorskip("hbat.models.tiny")
+def test_lead_tiny_tokenizer(h):
+    from hbat.models import tiny
+
     tok = tiny.build_tiny_tokenizer()
     ds = SFTDataset.from_records([{"prompt": "hello", "response": "world"}], tok)
     assert h.masked_text(tok, ds[0]) == "world" + tok.eos_token

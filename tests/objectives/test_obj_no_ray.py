@@ -1,4 +1,4 @@
-"""objectives/ must stay pure torch (DESIGN.md §1): no module in it may import Ray.
+"""objectives/ must stay pure torch (docs/architecture.md §1): no module in it may import Ray.
 
 Checked statically with ``ast`` (every import statement, at any depth) rather
 than in a subprocess, so the check costs milliseconds.

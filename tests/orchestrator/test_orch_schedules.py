@@ -1,6 +1,6 @@
 """Every schedule runs end to end through the driver and the Ray actors (tiny
 random models, local Ray), for PPO and for DPO, and HBAT runs its phases in
-exactly the order and on exactly the shards DESIGN.md §2 specifies.
+exactly the order and on exactly the shards Algorithm 1 of the HBAT paper specifies (docs/architecture.md §2).
 
 Loss and advantage variants ride along with the schedules (they are
 orthogonal to them): DPO with ``dpo``, ``ipo``, ``slic``, ``cdpo`` and the
@@ -231,7 +231,7 @@ def test_ppo_schedule_end_to_end(ray_local, make_tree, schedule, overrides):
 
 
 def test_hbat_plan_matches_algorithm_1(make_tree):
-    """DESIGN §2: round t = instruction phase on D_I^t (anchored on the previous
+    """Algorithm 1 (docs/architecture.md §2): round t = instruction phase on D_I^t (anchored on the previous
     preference phase, none in round 1), then preference phase on D_P^t (anchored
     on this round's instruction phase)."""
     cfg = validate_config(make_tree("hbat", "dpo", **{"schedule.rounds": 3}))
