@@ -41,6 +41,7 @@ from hbat.objectives import (
     ppo_policy_loss,
     sequence_logprobs,
     sft_loss,
+    tempered_logits,
     token_logprobs,
     trainable_state,
 )
@@ -155,9 +156,7 @@ class PolicyWorker:
                 self.model.zero_grad(set_to_none=True)
                 anchor = EWCAnchor.from_fisher(trainable_state(self.model), imp, s.strength,
                                                s.resolved_normalize, s.resolved_max_weight)
-                anchor.view = "params"
-            if s.method != "fisher":
-                anchor.view = self._view()
+            anchor.view = "params" if s.method == "fisher" else self._view()
             self.anchors[self.phase] = anchor
             weights = list(anchor.weights.values())
             out = {"ewc/anchored_tensors": len(weights), "ewc/mean_weight": sum(weights) / max(1, len(weights)),
@@ -222,10 +221,7 @@ class PolicyWorker:
 
     def _logps(self, input_ids, attention_mask, temperature: float = 1.0):
         """Token log-probs of the sampling distribution: logits / temperature, as the rollout sampled."""
-        logits = self._logits(input_ids, attention_mask)
-        if temperature and temperature != 1.0:
-            logits = logits.float() / temperature
-        return token_logprobs(logits, input_ids)
+        return token_logprobs(tempered_logits(self._logits(input_ids, attention_mask), temperature), input_ids)
 
     @torch.no_grad()
     def logprobs(self, exp: Experience) -> torch.Tensor:
@@ -287,9 +283,7 @@ class PolicyWorker:
 
     def _ppo_loss(self, part: LossPart):
         e: Experience = part.batch.to(self.device)
-        logits = self._logits(e.sequences, e.attention_mask)
-        if e.temperature and e.temperature != 1.0:
-            logits = logits.float() / e.temperature
+        logits = tempered_logits(self._logits(e.sequences, e.attention_mask), e.temperature)
         logp = token_logprobs(logits, e.sequences)
         loss, stats = ppo_policy_loss(logp, e.logprobs, e.advantages, e.action_mask, part.options.get("clip_eps", 0.2))
         with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from hbat.actors.experience import Experience
 from hbat.actors.training import quiet_transformers, to_device
 from hbat.models import load_causal_lm, resolve_device
-from hbat.objectives import sequence_logprobs, token_logprobs
+from hbat.objectives import sequence_logprobs, tempered_logits, token_logprobs
 
 
 class ReferenceWorker:
@@ -33,9 +33,7 @@ class ReferenceWorker:
         distribution (logits / the rollout's temperature, like the policy's)."""
         e = exp.to(self.device)
         logits = self.model(input_ids=e.sequences, attention_mask=e.attention_mask).logits
-        if e.temperature and e.temperature != 1.0:
-            logits = logits.float() / e.temperature
-        return token_logprobs(logits, e.sequences).float().cpu()
+        return token_logprobs(tempered_logits(logits, e.temperature), e.sequences).float().cpu()
 
     @torch.no_grad()
     def load_exported(self, packed: tuple[int, dict[str, torch.Tensor]]) -> int:
@@ -54,13 +52,12 @@ class ReferenceWorker:
 
     def save_weights(self, path: str) -> str:
         """The current reference weights as one safetensors file (run checkpoints)."""
-        import os
-
         from safetensors.torch import save_model
 
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_model(self.model, tmp, metadata={"version": str(self.version)})
-        os.replace(tmp, path)
+        from hbat.models.atomic import atomic_file
+
+        with atomic_file(path) as tmp:
+            save_model(self.model, tmp, metadata={"version": str(self.version)})
         return path
 
     def load_weights_file(self, path: str) -> int | None:

@@ -72,18 +72,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` via a temp file in the same folder + rename (never a half-written file)."""
-    import torch
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temp path beside ``path``; when the block succeeds it is renamed to ``path``.
 
+    For writers that take a file name (``torch.save``, safetensors): a crash
+    mid-write leaves the previous file, never a half-written one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_file`."""
+    import torch
+
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)

@@ -25,7 +25,7 @@ from .ewc import (
     trainable_state,
 )
 from .kl import kl_estimate
-from .logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
+from .logprobs import entropy_from_logits, sequence_logprobs, tempered_logits, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .pointwise import pointwise_dpo_loss, ulma_loss
 from .ppo import (
@@ -70,6 +70,7 @@ __all__ = [
     "sequence_logprobs",
     "sft_loss",
     "slic_loss",
+    "tempered_logits",
     "token_logprobs",
     "trainable_state",
     "ulma_loss",

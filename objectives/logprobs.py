@@ -23,6 +23,19 @@ from .masked import masked_mean, masked_sum
 __all__ = ["token_logprobs", "sequence_logprobs", "entropy_from_logits"]
 
 
+def tempered_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``logits / temperature`` in float32 (unchanged when ``temperature`` is 1 or 0).
+
+    Why: a rollout sampled at temperature T drew tokens from
+    ``softmax(z / T)``; PPO's old/new log-probs and the KL to the reference
+    must score that same distribution (TRL divides the same way). ``0``
+    (greedy) has no distribution to rescale and is treated as 1.
+    """
+    if not temperature or temperature == 1.0:
+        return logits
+    return logits.float() / temperature
+
+
 def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     """Log-prob of each next token: ``[B,T,V], [B,T] -> [B,T-1]`` (float32).
 

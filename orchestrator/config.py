@@ -196,12 +196,11 @@ class PPOConfig(Section):
         """``normalize_advantages`` resolved per advantage method (see the field)."""
         return self.advantage == "gae" if self.normalize_advantages is None else self.normalize_advantages
 
-    def rollout_size(self) -> int:
-        return self.prompts_per_step * self.samples_per_prompt
-
-    def optimizer_steps_per_step(self) -> int:
-        """Optimizer steps one PPO step makes: epochs x mini-batches (LR schedules count these)."""
-        return self.ppo_epochs * -(-self.rollout_size() // self.mini_batch_size)
+    def optimizer_steps_per_step(self, prompts: int | None = None) -> int:
+        """Optimizer steps one PPO step on ``prompts`` prompts (default ``prompts_per_step``)
+        makes: epochs x mini-batches of its rollout (LR schedules count these)."""
+        rollout = (prompts or self.prompts_per_step) * self.samples_per_prompt
+        return self.ppo_epochs * -(-rollout // self.mini_batch_size)
 
 
 class DPOConfig(Section):

@@ -257,8 +257,8 @@ class Driver:
 
     def _critic_total_steps(self) -> int:
         """Optimizer steps the critic takes over the run (its LR schedule's length)."""
-        per = self.cfg.ppo.optimizer_steps_per_step()
-        return max(1, sum(self._phase_setup(p).steps * per for p in self.plan if p.kind == "preference"))
+        setups = [(p, self._phase_setup(p)) for p in self.plan if p.kind == "preference"]
+        return max(1, sum(self._optimizer_steps(p, s) for p, s in setups))
 
     # -------------------------------------------------------------- phases
     def _shard(self, ds, phase: Phase):
@@ -289,10 +289,10 @@ class Driver:
         return PhaseSetup(own.data, max(1, round(own.batch_size * P / (S + P))), S + P,
                           own.optim.model_copy(update={"lr": lr}), max(1, round(sft.batch_size * S / (S + P))))
 
-    def _optimizer_steps(self, phase: Phase, steps: int) -> int:
-        """Optimizer steps of ``steps`` phase steps: PPO makes epochs x mini-batches per step."""
+    def _optimizer_steps(self, phase: Phase, setup: "PhaseSetup") -> int:
+        """Optimizer steps of a phase: PPO makes epochs x mini-batches per step."""
         ppo = phase.kind == "preference" and self.cfg.schedule.preference == "ppo"
-        return steps * (self.cfg.ppo.optimizer_steps_per_step() if ppo else 1)
+        return setup.steps * (self.cfg.ppo.optimizer_steps_per_step(setup.batch_size) if ppo else 1)
 
     def _batch_indices(self, n: int, bs: int, phase_index: int, step: int) -> list[int]:
         """Deterministic per (seed, phase, step) so a resumed run sees the same batches."""
@@ -318,7 +318,7 @@ class Driver:
             if phase.refresh_reference:
                 self._refresh_reference()
             ray.get(self.policy.call("begin_phase", phase.kind, setup.optim.model_dump(),
-                                     self._optimizer_steps(phase, total), phase.anchor,
+                                     self._optimizer_steps(phase, setup), phase.anchor,
                                      c.ewc if phase.record_anchor else None))
             self.metrics.phase_boundary(self.state.global_step, index, phase.name)
         sft_shard = self._shard(self.sft, phase) if phase.sft_mix else None
@@ -439,8 +439,7 @@ class Driver:
         stats["perf/gen_tokens_per_s"] = float(exp.action_mask.sum()) / max(gen_s, 1e-6)
         gen = torch.Generator().manual_seed(self.cfg.run.seed + step)
         agg: dict[str, list[float]] = {}
-        per_step = c.optimizer_steps_per_step()
-        opt_step = step * per_step
+        opt_step = step * c.optimizer_steps_per_step(len(examples))
         for _ in range(c.ppo_epochs):
             for mb in exp.minibatches(c.mini_batch_size, gen):
                 mix = mix_for(opt_step)
