@@ -51,10 +51,13 @@ __all__ = [
 NORMALIZE_MODES = ("max", "softmax", "rank", "none", "scaled_softmax")
 
 #: factor on the raw (mean squared movement) importances before the
-#: ``scaled_softmax``: squared weight deltas are ~1e-10..1e-6, so without a
-#: large factor the softmax would be uniform. Our choice of order of magnitude
-#: for the authors' code's "large factor" (see the module docstring).
-AUTHORS_CODE_SCALE = 1e6
+#: ``scaled_softmax``: the authors' code multiplies ``mean((theta - theta')^2)``
+#: by its ``--ewc_mse_factor`` option, default ``1e10``
+#: (``step1_supervised_finetuning/options.py`` of their DeepSpeed-Chat fork),
+#: before accumulating it and taking the softmax over tensors. Squared weight
+#: deltas are ~1e-10..1e-6, so without such a factor the softmax is uniform;
+#: with it, the most-moved tensors take almost all of ``max_weight``.
+AUTHORS_CODE_SCALE = 1e10
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:

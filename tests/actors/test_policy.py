@@ -239,7 +239,10 @@ def test_anchor_weights_come_from_this_phase_movement(tiny, pad):
     to its end (taken here from the exports); a stale start snapshot or a
     dropped max_weight changes them."""
     w = worker(tiny)
-    _sft_phase(w, pad, None, seed=100)  # an earlier phase moves the weights first
+    # an earlier EWC-recording phase moves the weights first (and took its own
+    # start snapshot): reusing that snapshot must show up below
+    _sft_phase(w, pad, EWCConfig(method="modified", strength=1.0), seed=100)
+    w.end_phase()
     start = {k: v.clone() for k, v in w.export_weights()[1].items()}
     ewc = EWCConfig(method="modified", strength=2.0, normalize="max", max_weight=7.5)
     _sft_phase(w, pad, ewc)
