@@ -8,7 +8,7 @@ import torch
 
 from hbat.actors.experience import Experience
 
-PAD = 0
+PAD = 3  # not 0, so a pad fill of 0 would show
 
 
 def _part(widths: list[int], prompts: int, resp_from: int, version: int, temperature=1.0, scored=True) -> Experience:
