@@ -7,7 +7,7 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
-    OptimSettings,
+    optim_config,
     build_optimizer,
     clip_and_step,
     quiet_transformers,
@@ -31,11 +31,11 @@ class CriticWorker:
         self.model = load_critic(model, dtype=self.precision.train_dtype, device=self.device, trainable=True,
                                  no_dropout=disable_dropout)
         self.opt = self.sched = None
-        self.optim = OptimSettings()
+        self.optim = optim_config(None)
         self.total_steps = 1
 
-    def configure(self, optim: dict, total_steps: int) -> None:
-        self.optim = OptimSettings.from_dict(optim)
+    def configure(self, optim, total_steps: int) -> None:
+        self.optim = optim_config(optim)
         self.total_steps = total_steps
         self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)
 
@@ -64,7 +64,7 @@ class CriticWorker:
     def save_state(self, path: str) -> str:
         atomic_torch_save({"model": self.model.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
                            "sched": self.sched.state_dict() if self.sched else None,
-                           "optim": self.optim.__dict__, "total_steps": self.total_steps}, path)
+                           "optim": self.optim.model_dump(), "total_steps": self.total_steps}, path)
         return path
 
     def load_state(self, path: str) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
-    OptimSettings,
+    optim_config,
     build_optimizer,
     clip_and_step,
     quiet_transformers,
@@ -28,9 +28,10 @@ from hbat.actors.training import (
     to_device,
 )
 from hbat.actors.rollout_hf import merged_state_dict
-from hbat.models import LoraSettings, load_causal_lm, load_tokenizer, resolve_device, save_checkpoint
+from hbat.models import load_causal_lm, load_tokenizer, resolve_device, save_checkpoint
 from hbat.models.atomic import atomic_torch_save
 from hbat.models.precision import precision as get_precision
+from hbat.orchestrator.config import EWCConfig, LoraConfig, OptimConfig
 from hbat.objectives import (
     AUTHORS_CODE_SCALE,
     EWCAnchor,
@@ -92,7 +93,7 @@ class PolicyWorker:
         *,
         precision: str = "fp32",
         device: str = "auto",
-        lora: dict | None = None,
+        lora: LoraConfig | dict | None = None,
         gradient_checkpointing: bool = False,
         disable_dropout: bool = True,
         seed: int = 0,
@@ -106,12 +107,12 @@ class PolicyWorker:
         self.precision = get_precision(precision)
         self.model = load_causal_lm(
             model, dtype=self.precision.train_dtype, device=self.device, trainable=True,
-            lora=LoraSettings(**lora) if lora else None, gradient_checkpointing=gradient_checkpointing,
+            lora=LoraConfig.model_validate(lora) if isinstance(lora, dict) else lora, gradient_checkpointing=gradient_checkpointing,
             no_dropout=disable_dropout,
         )
         self.tokenizer = load_tokenizer(model)
         self.opt = self.sched = None
-        self.optim = OptimSettings()
+        self.optim = optim_config(None)
         self.phase: str | None = None
         self.ewc = None  # the EWC config section of the running phase (None: record no anchor)
         self._phase_start: dict[str, torch.Tensor] | None = None
@@ -122,11 +123,12 @@ class PolicyWorker:
         self.steps_in_phase = 0
 
     # -- phases ---------------------------------------------------------------
-    def begin_phase(self, kind: str, optim: dict, total_steps: int, anchor: str | None = None, ewc=None) -> None:
+    def begin_phase(self, kind: str, optim: OptimConfig | dict, total_steps: int, anchor: str | None = None,
+                    ewc: EWCConfig | None = None) -> None:
         """Fresh optimizer for this phase (``total_steps`` optimizer steps); apply
         the anchor of phase kind ``anchor``; with ``ewc`` (the config's EWC
         section) this phase's anchor is recorded at :meth:`end_phase`."""
-        self.optim = OptimSettings.from_dict(optim)
+        self.optim = optim_config(optim)
         if anchor and anchor not in self.anchors:
             raise ValueError(f"no EWC anchor recorded for phase kind '{anchor}' yet")
         self.total_steps = total_steps
@@ -374,7 +376,7 @@ class PolicyWorker:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "opt": self.opt.state_dict() if self.opt else None,
             "sched": self.sched.state_dict() if self.sched else None,
-            "optim": self.optim.__dict__,
+            "optim": self.optim.model_dump(),
             "phase": self.phase,
             "ewc": self.ewc,
             "phase_start": self._phase_start,
@@ -398,7 +400,7 @@ class PolicyWorker:
         for k, v in st["anchors"].items():
             self.anchors[k] = EWCAnchor.from_state_dict(v)
             self.anchors[k].view = v.get("view", "params")
-        self.optim = OptimSettings.from_dict(st["optim"])
+        self.optim = optim_config(st["optim"])
         self.phase = st["phase"]
         self.ewc = st.get("ewc")
         self._phase_start = st["phase_start"]

@@ -17,7 +17,7 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
-    OptimSettings,
+    optim_config,
     build_optimizer,
     clip_and_step,
     quiet_transformers,
@@ -105,8 +105,8 @@ class RewardWorker:
         return reward_scores(self.model, b["input_ids"], b["attention_mask"]).cpu()
 
     # -- training (Bradley-Terry) ----------------------------------------------
-    def begin_training(self, optim: dict, total_steps: int) -> None:
-        self.optim = OptimSettings.from_dict(optim)
+    def begin_training(self, optim, total_steps: int) -> None:
+        self.optim = optim_config(optim)
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)

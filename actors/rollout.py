@@ -172,6 +172,13 @@ class RolloutWorker:
         return exp.with_fields(response_text=tok.batch_decode(flat, skip_special_tokens=True), eos=eos,
                                temperature=sampling.temperature if sampling.temperature > 0 else 1.0)
 
+    def generate_records(self, records: list[dict], sampling: SamplingSettings) -> Experience:
+        """:meth:`generate` on prompt records as the data loader makes them
+        (``prompt_ids``, ``prompt_text``, ``meta``): what the driver scatters
+        over the replicas, a contiguous slice each."""
+        return self.generate([r["prompt_ids"] for r in records], sampling,
+                             [r["prompt_text"] for r in records], [r["meta"] for r in records])
+
     def generate_text(self, prompts: list[str] | list[list[dict]], sampling: SamplingSettings) -> list[list[str]]:
         """Text in, text out (evaluation, PopAlign pair building).
 

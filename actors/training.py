@@ -5,34 +5,21 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-
-@dataclass
-class OptimSettings:
-    """Mirror of ``orchestrator.config.OptimConfig`` as a plain dataclass, so the
-    actors never import the driver's config."""
-
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 0
-    scheduler: str = "constant"
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "OptimSettings":
-        d = dict(d or {})
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+from hbat.orchestrator.config import OptimConfig
 
 
-def build_optimizer(model: torch.nn.Module, s: OptimSettings, total_steps: int):
+def optim_config(optim: OptimConfig | dict | None) -> OptimConfig:
+    """The config's optimizer section as sent by the driver (a dict is validated into one)."""
+    if isinstance(optim, OptimConfig):
+        return optim
+    return OptimConfig.model_validate(optim or {})
+
+
+def build_optimizer(model: torch.nn.Module, s: OptimConfig, total_steps: int):
     """AdamW over trainable parameters + a warm-up then constant/cosine/linear schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

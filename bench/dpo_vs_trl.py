@@ -207,7 +207,7 @@ def quiet(trainer) -> None:
 
 
 def common_trl_args(args, out_dir: str) -> dict:
-    """TrainingArguments shared by the TRL trainers, matched to hbat's OptimSettings."""
+    """TrainingArguments shared by the TRL trainers, matched to hbat's optimizer section (OptimConfig)."""
     return {
         "output_dir": out_dir,
         "max_steps": args.steps,
@@ -238,7 +238,7 @@ def common_trl_args(args, out_dir: str) -> dict:
 
 
 def optim_settings(args) -> dict:
-    """hbat OptimSettings equal to the TRL arguments above."""
+    """hbat's optimizer section (an OptimConfig as a dict) equal to the TRL arguments above."""
     return {"lr": args.lr, "betas": (0.9, 0.95), "weight_decay": 0.0, "grad_clip": 1.0,
             "scheduler": "constant", "warmup_steps": 0, "grad_accum": 1}
 

@@ -4,7 +4,6 @@ or critic model, so every actor loads weights the same way."""
 
 from hbat.models.default import EMBEDDED_MODELS, resolve_model_path
 from hbat.models.loader import (
-    LoraSettings,
     disable_dropout,
     load_causal_lm,
     load_critic,
@@ -20,7 +19,6 @@ from hbat.models.tiny import build_tiny_tokenizer, make_tiny_checkpoint
 
 __all__ = [
     "EMBEDDED_MODELS",
-    "LoraSettings",
     "PRECISIONS",
     "Precision",
     "disable_dropout",

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import torch
 
 from hbat.models.atomic import atomic_dir
 from hbat.models.default import resolve_model_path
+
+if TYPE_CHECKING:  # the typed config section is what callers pass
+    from hbat.orchestrator.config import LoraConfig
 
 _DTYPES = {
     "float32": torch.float32,
@@ -26,17 +29,6 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-
-@dataclass
-class LoraSettings:
-    """peft LoRA options; ``target_modules='all-linear'`` adapts every linear layer."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
-    modules_to_save: list[str] = field(default_factory=list)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -70,7 +62,7 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def _apply_lora(model, lora: LoraSettings | None, task_type: str):
+def _apply_lora(model, lora: "LoraConfig | None", task_type: str):
     if lora is None:
         return model
     from peft import LoraConfig, get_peft_model
@@ -145,7 +137,7 @@ def load_causal_lm(
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
-    lora: LoraSettings | None = None,
+    lora: "LoraConfig | None" = None,
     trainable: bool = False,
     gradient_checkpointing: bool = False,
     no_dropout: bool = True,
@@ -162,7 +154,7 @@ def load_reward_model(
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
-    lora: LoraSettings | None = None,
+    lora: "LoraConfig | None" = None,
     trainable: bool = False,
     gradient_checkpointing: bool = False,
     no_dropout: bool = True,
@@ -181,7 +173,7 @@ def load_critic(
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
-    lora: LoraSettings | None = None,
+    lora: "LoraConfig | None" = None,
     trainable: bool = True,
     gradient_checkpointing: bool = False,
     no_dropout: bool = True,

@@ -162,6 +162,9 @@ def ppo_policy_loss(
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), m),
             "approx_kl": 0.5 * masked_mean(log_ratio.float() ** 2, m),
+            # 1 exactly on the first update of a batch (same weights, dropout off)
+            "ratio": masked_mean(ratio.float(), m),
+            "ratio_max_dev": (ratio.float() - 1).abs().masked_fill(m == 0, 0).max(),
         }
     return loss, stats
 

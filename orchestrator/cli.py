@@ -20,31 +20,9 @@ def _train(args) -> int:
 
 
 def _train_rm(cfg) -> dict:
-    from hbat.orchestrator.driver import Driver
+    from hbat.orchestrator.reward_stage import standalone_reward_model
 
-    driver = Driver(cfg)
-    driver.load_data()
-    if driver.pairs is None:
-        from hbat.orchestrator.config import ConfigError
-
-        raise ConfigError("train-rm needs data.preference")
-    from hbat.orchestrator.metrics import MetricsLogger
-
-    driver.metrics = MetricsLogger(driver.run_dir, cfg.logging.tensorboard)
-    driver.roles = ["reward"]
-    import ray
-
-    from hbat.orchestrator.placement import Placement
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.resources.address, num_cpus=cfg.resources.num_cpus, include_dashboard=False)
-    driver.placement = Placement(cfg.resources, ["reward"])
-    try:
-        path = driver.train_reward_model()
-    finally:
-        driver.metrics.close()
-        driver.shutdown()
-    return {"reward_model": path}
+    return {"reward_model": standalone_reward_model(cfg)}
 
 
 def _generate(args) -> int:
@@ -70,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hbat", description="Ray-based RLHF with Hybrid Alignment Training")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="run a schedule (hbat, two_stage, ptx, joint, alternating, sft_only)")
+    from hbat.orchestrator.schedules import SCHEDULES
+
+    t = sub.add_parser("train", help=f"run a schedule ({', '.join(SCHEDULES)})")
     t.add_argument("--config", required=True, help="YAML config (see configs/)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.rounds=4 ppo.kl_coef=0.1")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -20,10 +20,13 @@ class Section(BaseModel):
 
 
 class LoraConfig(Section):
+    """peft LoRA options; ``target_modules: all-linear`` adapts every linear layer."""
+
     r: int = Field(8, gt=0)
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] = []  # modules trained in full next to the adapters
 
 
 class ModelConfig(Section):
@@ -267,11 +270,34 @@ class EWCConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["hbat", "alternating", "two_stage", "ptx", "joint", "sft_only"] = "hbat"
-    preference: Literal["ppo", "dpo"] = "ppo"
+    """``name``: a schedule of ``orchestrator/schedules`` (``SCHEDULES``);
+    ``preference``: the algorithm of its preference phases, a registered step
+    runner (``orchestrator/steps``: ``ppo`` covers PPO/GRPO/RLOO, ``dpo`` the
+    offline losses of the ``dpo`` section)."""
+
+    name: str = "hbat"
+    preference: str = "ppo"
     rounds: int = Field(10, gt=0)  # T in the paper
     sft_warmup_steps: int = Field(0, ge=0)  # optional SFT warm-up phase on all instruction data first
     mix_coef: float = Field(0.5, ge=0)  # ptx / joint: weight of the SFT term
+
+    @field_validator("name")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from hbat.orchestrator.schedules import SCHEDULES
+
+        if v not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{v}' (known: {', '.join(SCHEDULES)})")
+        return v
+
+    @field_validator("preference")
+    @classmethod
+    def _known_algorithm(cls, v: str) -> str:
+        from hbat.orchestrator.steps import PREFERENCE_STEPS
+
+        if v not in PREFERENCE_STEPS:
+            raise ValueError(f"unknown preference algorithm '{v}' (known: {', '.join(PREFERENCE_STEPS)})")
+        return v
 
 
 class LoggingConfig(Section):
@@ -317,15 +343,23 @@ class Config(Section):
         if not d.sft:
             raise ValueError(f"schedule '{s.name}' needs data.sft")
         if s.name != "sft_only":
-            if s.preference == "ppo" and not d.prompts:
-                raise ValueError("schedule.preference 'ppo' needs data.prompts")
-            if s.preference == "dpo" and not (d.preference or d.pointwise):
-                raise ValueError("schedule.preference 'dpo' needs data.preference or data.pointwise")
-            if s.preference == "ppo" and self.model.reward is None and not d.preference:
-                raise ValueError("PPO needs model.reward or data.preference to train a reward model")
+            from hbat.orchestrator.steps import PREFERENCE_STEPS
+
+            errors = PREFERENCE_STEPS[s.preference].config_errors(self)
+            if errors:
+                raise ValueError("; ".join(errors))
         if d.max_prompt_len >= d.max_len:
             raise ValueError("data.max_prompt_len must be smaller than data.max_len")
         return self
+
+    @property
+    def reward_uses_model(self) -> bool:
+        """Whether the reward includes a learned model: given (``model.reward``) or
+        trainable (``data.preference``), with a non-zero ``reward_model.model_weight``.
+        Otherwise the reward is ``reward_model.rule_rewards`` alone: no reward model
+        is trained or loaded, and no preference data is needed."""
+        rm = self.reward_model
+        return rm.model_weight != 0 and (self.model.reward is not None or self.data.preference is not None)
 
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name

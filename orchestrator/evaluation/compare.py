@@ -36,15 +36,19 @@ from hbat.orchestrator.config import ConfigError, Section, _resolve_relative_pat
     read_yaml_mapping, validate_config, validation_message
 from hbat.orchestrator.evaluation.actors import EvalActors
 from hbat.orchestrator.evaluation.evalset import load_eval_set
-from hbat.orchestrator.evaluation.evaluate import _WORKER_ENV, evaluate_model, read_metrics
+from hbat.orchestrator.evaluation.evaluate import evaluate_model, read_metrics
 from hbat.orchestrator.evaluation.report import compare_markdown
 from hbat.orchestrator.evaluation.settings import EvalConfig
 from hbat.orchestrator.evaluation.stats import paired_seed_bootstrap, seed_bootstrap
+from hbat.orchestrator.ray_runtime import ensure_ray
+from hbat.orchestrator.reward_stage import standalone_reward_model
+from hbat.orchestrator.schedules import SCHEDULES
+from hbat.orchestrator.steps import PREFERENCE_STEPS
 
 log = logging.getLogger("hbat.compare")
 
-SCHEDULE_NAMES = ("sft_only", "two_stage", "ptx", "joint", "alternating", "hbat")
-DEFAULT_METHODS = ["sft_only"] + [f"{s}-{p}" for p in ("ppo", "dpo") for s in SCHEDULE_NAMES[1:]]
+SCHEDULE_NAMES = tuple(SCHEDULES)
+DEFAULT_METHODS = ["sft_only"] + [f"{s}-{p}" for p in PREFERENCE_STEPS for s in SCHEDULE_NAMES if s != "sft_only"]
 DEFAULT_TABLE = ["reward/score", "winrate/rm", "winrate/judge", "demo/exact", "demo/style", "rouge/rougeL",
                  "ifeval/prompt_strict", "kl/seq", "length/tokens"]
 START = "start"
@@ -53,8 +57,16 @@ BASELINE_SUITES = ("winrate", "judge")
 
 class MethodSpec(Section):
     name: str
-    schedule: Literal["hbat", "alternating", "two_stage", "ptx", "joint", "sft_only"]
-    preference: Literal["ppo", "dpo"] = "ppo"
+    schedule: str
+    preference: str = "ppo"
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{self.schedule}' (known: {', '.join(SCHEDULES)})")
+        if self.preference not in PREFERENCE_STEPS:
+            raise ValueError(f"unknown preference algorithm '{self.preference}' (known: {', '.join(PREFERENCE_STEPS)})")
+        return self
     overrides: dict[str, Any] = {}  # dotted training-config keys for this method only
 
 
@@ -63,9 +75,9 @@ def parse_method(item: str | dict) -> MethodSpec:
     if isinstance(item, dict):
         return MethodSpec.model_validate(item)
     sched, _, pref = item.partition("-")
-    if sched not in SCHEDULE_NAMES or (pref and pref not in ("ppo", "dpo")) or (not pref and sched != "sft_only"):
-        raise ValueError(f"method '{item}': expected 'sft_only' or '<schedule>-<ppo|dpo>' with schedule in "
-                         f"{', '.join(SCHEDULE_NAMES)}")
+    if sched not in SCHEDULE_NAMES or (pref and pref not in PREFERENCE_STEPS) or (not pref and sched != "sft_only"):
+        raise ValueError(f"method '{item}': expected 'sft_only' or '<schedule>-<{'|'.join(PREFERENCE_STEPS)}>' "
+                         f"with schedule in {', '.join(SCHEDULE_NAMES)}")
     return MethodSpec(name=item, schedule=sched, preference=pref or "ppo")
 
 
@@ -244,7 +256,7 @@ class Comparison:
         if (folder / "config.json").exists() and self.resume:
             self.reused.append("reward_model")
             return str(folder)
-        return train_reward_model(self._rm_config())
+        return standalone_reward_model(self._rm_config(), tensorboard=False)
 
     def _rm_config(self):
         tree = copy.deepcopy(self.base_tree)
@@ -325,12 +337,8 @@ class Comparison:
         atomic_write_bytes(self.out / "compare_config.yaml",
                            yaml.safe_dump({**self.cfg.model_dump(mode="json"), "train": self.base_tree},
                                           sort_keys=False).encode())
-        started = False
-        if not ray.is_initialized():
-            res = self.base_tree.get("resources", {})
-            ray.init(address=res.get("address"), num_cpus=res.get("num_cpus"), include_dashboard=False,
-                     runtime_env={"env_vars": _WORKER_ENV}, log_to_driver=False)
-            started = True
+        res = self.base_tree.get("resources", {})
+        started = ensure_ray(res.get("address"), res.get("num_cpus"), log_to_driver=False)
         try:
             self.rm = self.shared_reward_model()
             start_responses = None
@@ -406,26 +414,6 @@ class Comparison:
             "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in self.runs],
             "reused": self.reused, "wall_s": round(wall_s, 1),
         }
-
-
-def train_reward_model(cfg) -> str:
-    """Bradley-Terry reward model on ``data.preference``, trained once (the driver's RM stage)."""
-    from hbat.orchestrator.driver import Driver
-    from hbat.orchestrator.metrics import MetricsLogger
-    from hbat.orchestrator.placement import Placement
-
-    driver = Driver(cfg)
-    driver.load_data()
-    if driver.pairs is None:
-        raise ConfigError("the shared reward model needs train.data.preference (or set reward_model)")
-    driver.metrics = MetricsLogger(driver.run_dir, tensorboard=False)
-    driver.roles = ["reward"]
-    driver.placement = Placement(cfg.resources, ["reward"])
-    try:
-        return driver.train_reward_model()
-    finally:
-        driver.metrics.close()
-        driver.shutdown()
 
 
 def run_compare(cfg: CompareConfig, train_tree: dict, resume: bool = False, overwrite: bool = False) -> dict:

@@ -18,15 +18,13 @@ from hbat.models.atomic import atomic_write_bytes
 from hbat.orchestrator.config import ConfigError
 from hbat.orchestrator.data import DataError
 from hbat.orchestrator.evaluation.actors import EvalActors
+from hbat.orchestrator.ray_runtime import ensure_ray
 from hbat.orchestrator.evaluation.evalset import EvalExample, fingerprint, load_eval_set
 from hbat.orchestrator.evaluation.generation import Generations, generate
 from hbat.orchestrator.evaluation.report import eval_markdown
 from hbat.orchestrator.evaluation.settings import EvalConfig
 from hbat.orchestrator.evaluation.stats import Metric, summarize
 from hbat.orchestrator.evaluation.suites import Context, select_suites
-
-_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
-
 
 @dataclass
 class EvalResult:
@@ -44,11 +42,7 @@ class EvalResult:
 
 def ensure_ray(cfg: EvalConfig) -> bool:
     """Start local Ray (or join ``resources.address``) unless Ray runs already; True if we started it."""
-    if ray.is_initialized():
-        return False
-    ray.init(address=cfg.resources.address, num_cpus=cfg.resources.num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": _WORKER_ENV}, log_to_driver=False)
-    return True
+    return ensure_ray(cfg.resources.address, cfg.resources.num_cpus, log_to_driver=False)
 
 
 def read_responses(path: str | Path, examples: list[EvalExample]) -> list[str]:

@@ -11,13 +11,15 @@ from hbat.orchestrator.schedules.baselines import alternating, joint, ptx, sft_o
 from hbat.orchestrator.schedules.hbat import hbat
 from hbat.orchestrator.schedules.phase import Phase
 
+#: every schedule by name: the one list ``schedule.name``, ``hbat compare``
+#: methods and the CLI help read (baselines first, HBAT last, as tables show them)
 SCHEDULES = {
-    "hbat": hbat,
-    "alternating": alternating,
+    "sft_only": sft_only,
     "two_stage": two_stage,
     "ptx": ptx,
     "joint": joint,
-    "sft_only": sft_only,
+    "alternating": alternating,
+    "hbat": hbat,
 }
 
 #: ``reference.refresh: auto`` per schedule: the choice the method's own

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from hbat.actors.training import OptimSettings, build_optimizer, split_micro
+from hbat.actors.training import build_optimizer, optim_config, split_micro
+from hbat.orchestrator.config import OptimConfig
 
 
-def _lrs(s: OptimSettings, total: int, steps: int) -> list[float]:
+def _lrs(s: OptimConfig, total: int, steps: int) -> list[float]:
     model = torch.nn.Linear(2, 2)
     opt, sched = build_optimizer(model, s, total)
     out = []
@@ -71,7 +72,7 @@ def test_split_micro_paired_keeps_pairs_and_layout():
 def test_build_optimizer_only_trainable_parameters_and_settings():
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     model[0].weight.requires_grad_(False)
-    s = OptimSettings(lr=3e-4, weight_decay=0.1, betas=(0.8, 0.9))
+    s = OptimConfig(lr=3e-4, weight_decay=0.1, betas=(0.8, 0.9))
     opt, _ = build_optimizer(model, s, 10)
     params = [p for g in opt.param_groups for p in g["params"]]
     assert len(params) == 3 and all(p is not model[0].weight for p in params)
@@ -83,12 +84,12 @@ def test_build_optimizer_only_trainable_parameters_and_settings():
 def test_build_optimizer_refuses_a_frozen_model():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
-        build_optimizer(model, OptimSettings(), 1)
+        build_optimizer(model, OptimConfig(), 1)
 
 
 def test_warmup_then_cosine_reaches_zero_at_total_steps():
     lr, total, warm = 1e-3, 10, 2
-    lrs = _lrs(OptimSettings(lr=lr, warmup_steps=warm, scheduler="cosine"), total, total + 1)
+    lrs = _lrs(OptimConfig(lr=lr, warmup_steps=warm, scheduler="cosine"), total, total + 1)
     assert lrs[0] == pytest.approx(lr / warm) and lrs[1] == pytest.approx(lr)
     for step in range(warm, total + 1):
         progress = (step - warm) / (total - warm)
@@ -98,15 +99,17 @@ def test_warmup_then_cosine_reaches_zero_at_total_steps():
 
 
 def test_linear_and_constant_schedules():
-    lin = _lrs(OptimSettings(lr=1.0, scheduler="linear"), 4, 5)
+    lin = _lrs(OptimConfig(lr=1.0, scheduler="linear"), 4, 5)
     assert lin == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
-    const = _lrs(OptimSettings(lr=0.5), 4, 6)
+    const = _lrs(OptimConfig(lr=0.5), 4, 6)
     assert const == pytest.approx([0.5] * 6)
 
 
-def test_optim_settings_from_the_config_section():
-    """The config's optimizer section (lists from YAML) becomes the settings the actor uses."""
-    from hbat.orchestrator.config import OptimConfig
-
-    s = OptimSettings.from_dict(OptimConfig(lr=2e-5, betas=[0.9, 0.99], grad_accum=3).model_dump())
-    assert s.lr == 2e-5 and s.betas == (0.9, 0.99) and s.grad_accum == 3
+def test_optim_config_crosses_as_itself_or_from_a_dict():
+    """The typed section reaches the actor unchanged; a dict (YAML, old checkpoints) is validated into one."""
+    c = OptimConfig(lr=2e-5, betas=(0.9, 0.99), grad_accum=3)
+    assert optim_config(c) is c
+    d = optim_config({"lr": 2e-5, "betas": [0.9, 0.99], "grad_accum": 3})
+    assert d == c and d.betas == (0.9, 0.99)
+    with pytest.raises(Exception, match="lr"):
+        optim_config({"lr": -1})

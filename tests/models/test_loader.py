@@ -1,10 +1,11 @@
 import json
 
 import pytest
+
+from hbat.orchestrator.config import LoraConfig
 import torch
 
 from hbat.models import (
-    LoraSettings,
     critic_values,
     load_causal_lm,
     load_critic,
@@ -37,7 +38,7 @@ def test_tiny_causal_lm_roundtrip_identical_logits(tiny_checkpoint, tmp_path):
 
 def test_lora_is_merged_on_save_and_loads_without_peft(tiny_checkpoint, tmp_path):
     tok = load_tokenizer(tiny_checkpoint)
-    model = load_causal_lm(tiny_checkpoint, trainable=True, lora=LoraSettings(r=4, alpha=8))
+    model = load_causal_lm(tiny_checkpoint, trainable=True, lora=LoraConfig(r=4, alpha=8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     # move the adapters away from their zero init so merging matters

@@ -22,9 +22,9 @@ def test_ppo_schedule_counts_epochs_and_minibatches(make_tree):
     pref = next(p for p in d.plan if p.kind == "preference")
     sft = next(p for p in d.plan if p.kind == "sft")
     # 2 PPO steps x 3 epochs x ceil(2*3 / 2) mini-batches
-    assert d._optimizer_steps(pref, d._phase_setup(pref)) == 2 * 3 * 3
-    assert d._optimizer_steps(sft, d._phase_setup(sft)) == 2
-    assert d._critic_total_steps() == 2 * 18  # two preference phases
+    assert d.optimizer_steps(pref, d.phase_setup(pref)) == 2 * 3 * 3
+    assert d.optimizer_steps(sft, d.phase_setup(sft)) == 2
+    assert d.optimizer_steps_of("preference") == 2 * 18  # two preference phases
 
 
 def test_joint_gets_hbat_budget(make_tree):
@@ -32,7 +32,7 @@ def test_joint_gets_hbat_budget(make_tree):
                                        "sft.batch_size": 4, "dpo.batch_size": 4,
                                        "sft.optim": {"lr": 4e-5}, "dpo.optim": {"lr": 1e-6}})
     d = _driver(tree)
-    s = d._phase_setup(d.plan[0])
+    s = d.phase_setup(d.plan[0])
     assert s.steps == 4  # 3 SFT + 1 preference steps, as an hbat round
     assert (s.batch_size, s.sft_batch_size) == (1, 3)  # 4 examples of each kind per step -> same examples per round
     assert s.optim.lr == pytest.approx((3 * 4e-5 + 1 * 1e-6) / 4)

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-import hbat.orchestrator.driver as driver_mod
+import hbat.orchestrator.steps.ppo as ppo_step
 from hbat.objectives import kl_estimate
 from hbat.orchestrator.config import validate_config
 from hbat.orchestrator.driver import Driver
@@ -71,8 +71,8 @@ def test_fisher_ewc_runs_with_ppo_and_kl_coef_reaches_token_rewards(ray_local, m
         seen.append((out, ppo.kl_coef, ppo.kl_estimator))
         return out, stats
 
-    real = driver_mod.compute_targets
-    monkeypatch.setattr(driver_mod, "compute_targets", spy)
+    real = ppo_step.compute_targets
+    monkeypatch.setattr(ppo_step, "compute_targets", spy)
     tree = make_tree("hbat", "ppo", name="fisher-ppo", **{"ewc.method": "fisher", "ewc.max_weight": 3.0,
                                                           "ewc.fisher_batches": 2, "ppo.kl_coef": 0.37,
                                                           "ppo.steps_per_phase": 2, "ppo.max_new_tokens": 6})

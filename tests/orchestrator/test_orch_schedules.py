@@ -46,10 +46,10 @@ class RecordingDriver(Driver):
         super().__init__(*args, **kwargs)
         self.used: list[tuple[str, list[str]]] = []  # (phase name, origins read)
 
-    def _phase_setup(self, phase):
+    def phase_setup(self, phase):
         from dataclasses import replace
 
-        setup = super()._phase_setup(phase)
+        setup = super().phase_setup(phase)
         logs = dict(self.used)
         if phase.name not in logs:
             self.used.append((phase.name, []))

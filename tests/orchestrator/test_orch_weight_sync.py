@@ -36,14 +36,14 @@ def test_rollout_follows_policy_after_each_phase(ray_local, make_tree):
         d.metrics = MetricsLogger(d.run_dir, tensorboard=False)
         d.start()
         d.start_scorers()
-        d._sync_rollout()
-        prompts = [d.prompts[i] for i in range(4)]
+        d.roles.sync_rollout()
+        prompts = [d.data.get("prompts")[i] for i in range(4)]
 
         def greedy() -> torch.Tensor:
-            return d._rollout(prompts, seed=0, greedy=True).sequences
+            return d.roles.sample(prompts, seed=0, greedy=True).sequences
 
         def exported() -> tuple[int, dict]:
-            return ray.get(d.policy.first("export_weights"))
+            return ray.get(d.roles.policy.first("export_weights"))
 
         v0, w0 = exported()
         before = greedy()
@@ -52,10 +52,10 @@ def test_rollout_follows_policy_after_each_phase(ray_local, make_tree):
         seen = [before]
         for index in (0, 1):  # the SFT phase of round 1, then its PPO phase
             phase = d.plan[index]
-            d._run_phase(index, phase)
+            d.run_phase(index, phase)
             version, weights = exported()
             assert version > v0
-            assert ray.get(d.rollout.first("weight_version")) == version, f"rollout stale after {phase.name}"
+            assert ray.get(d.roles.rollout.first("weight_version")) == version, f"rollout stale after {phase.name}"
             after = greedy()
             assert torch.equal(after, _local_greedy(cfg.model.policy, version, weights, prompts)), phase.name
             assert not torch.equal(after, seen[-1]), f"{phase.name} did not change the greedy rollouts"

@@ -1,0 +1,92 @@
+"""The run's actors by role, and the calls every algorithm shares on them.
+
+The driver and the step runners talk to roles through this one object:
+``sample`` fans a batch of prompts out over the rollout replicas (one
+contiguous slice each) and joins their records; ``sync_rollout`` pushes the
+policy's weights to the replicas when they hold an older version. Each role
+is built in one place (:meth:`Roles.spawn`), from the typed config.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from hbat.actors.experience import Experience
+from hbat.actors.sampling import SamplingSettings
+from hbat.models.precision import precision
+from hbat.orchestrator.config import Config
+from hbat.orchestrator.placement import Placement, RoleGroup
+
+
+class Roles:
+    def __init__(self, cfg: Config, placement: Placement, pad_id: int):
+        self.cfg, self.placement, self.pad_id = cfg, placement, pad_id
+        self.policy: RoleGroup | None = None
+        self.reference: RoleGroup | None = None
+        self.reward: RoleGroup | None = None
+        self.critic: RoleGroup | None = None
+        self.rollout: RoleGroup | None = None
+        self._rollout_version: int | None = None  # the policy version the rollout replicas hold
+
+    # -- construction ---------------------------------------------------------
+    def spawn(self, role: str, reward_model: str | None = None) -> RoleGroup:
+        """Start ``role``'s replicas in the placement group (``reward_model``: the
+        trained or given reward checkpoint, for the reward and critic roles)."""
+        from hbat.actors.critic import CriticWorker
+        from hbat.actors.policy import PolicyWorker
+        from hbat.actors.reference import ReferenceWorker
+        from hbat.actors.reward import RewardWorker
+        from hbat.actors.rollout import RolloutWorker
+
+        c, m = self.cfg, self.cfg.model
+        threads, frozen = c.resources.torch_threads, precision(m.precision).frozen_dtype_name
+        if role == "policy":
+            group = self.placement.spawn("policy", PolicyWorker, m.policy, precision=m.precision, lora=m.lora,
+                                         gradient_checkpointing=m.gradient_checkpointing,
+                                         disable_dropout=m.disable_dropout, seed=c.run.seed, torch_threads=threads)
+        elif role == "reference":
+            group = self.placement.spawn("reference", ReferenceWorker, m.reference or m.policy, dtype=frozen,
+                                         torch_threads=threads)
+        elif role == "rollout":
+            group = self.placement.spawn("rollout", RolloutWorker, m.policy, backend=c.rollout.backend,
+                                         dtype=frozen, vllm_kwargs=c.rollout.vllm)
+        elif role == "reward":
+            rm = c.reward_model
+            group = self.placement.spawn("reward", RewardWorker, reward_model, dtype=frozen, rules=rm.rule_rewards,
+                                         rule_weight=rm.rule_weight, model_weight=rm.model_weight,
+                                         torch_threads=threads)
+        elif role == "critic":
+            group = self.placement.spawn("critic", CriticWorker, m.critic or reward_model or m.policy,
+                                         precision=m.precision, seed=c.run.seed, disable_dropout=m.disable_dropout,
+                                         torch_threads=threads)
+        else:
+            raise ValueError(f"unknown role '{role}'")
+        setattr(self, role, group)
+        return group
+
+    # -- shared calls ---------------------------------------------------------
+    def sample(self, examples: list[dict], seed: int, greedy: bool = False, n: int | None = None) -> Experience:
+        """Responses of the rollout replicas to ``examples`` (prompt records), sampled
+        with the PPO section's decoding settings (``greedy``: temperature 0, one each)."""
+        p = self.cfg.ppo
+        sampling = SamplingSettings(temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
+                                    max_new_tokens=p.max_new_tokens, n=n or (1 if greedy else p.samples_per_prompt),
+                                    seed=seed)
+        refs = self.rollout.scatter("generate_records", examples, sampling)
+        return Experience.concat(ray.get(refs), self.pad_id)
+
+    def sync_rollout(self) -> None:
+        """Push the policy's current weights to every rollout replica (by version).
+
+        A no-op when the replicas already hold that version (e.g. the probe
+        right after a phase-end sync). The exported state dict goes from the
+        policy actor to the replicas as one object-store reference: the driver
+        never pulls the weights into its own process.
+        """
+        if self.rollout is None:
+            return
+        version = ray.get(self.policy.first("weights_version"))
+        if version == self._rollout_version:
+            return
+        ray.get(self.rollout.call("load_exported", self.policy.first("export_weights")))
+        self._rollout_version = version

@@ -1,0 +1,114 @@
+"""Online RL phases: PPO with a critic (GAE), GRPO and RLOO (group baselines).
+
+One step reads as the flow of experience through the roles:
+
+    rollout  -> the rollout replicas sample responses to the step's prompts
+    score    -> old-policy and reference log-probs, rewards and values, in parallel
+    targets  -> token rewards, advantages and returns (driver-side tensor math)
+    update   -> ppo_epochs x mini-batches of policy (and critic) optimizer steps
+    sync     -> the rollout replicas load the updated policy weights
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from hbat.actors.experience import Experience
+from hbat.actors.policy import LossPart
+from hbat.orchestrator.advantages import compute_targets
+from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
+
+
+class PPOStep(StepRunner):
+    name = "ppo"
+    section = "ppo"
+    batch_key = "prompts_per_step"
+
+    @classmethod
+    def config_errors(cls, cfg) -> list[str]:
+        errors = []
+        if not cfg.data.prompts:
+            errors.append("schedule.preference 'ppo' needs data.prompts")
+        if not cfg.reward_uses_model and not cfg.reward_model.rule_rewards:
+            errors.append("PPO needs a reward: model.reward, data.preference (to train a reward model) "
+                          "or reward_model.rule_rewards")
+        return errors
+
+    @classmethod
+    def extra_roles(cls, cfg) -> list[str]:
+        return ["reward", "rollout"] + (["critic"] if cfg.ppo.advantage == "gae" else [])
+
+    @property
+    def data_key(self) -> str:
+        return "prompts"
+
+    def optimizer_steps(self, steps: int, batch_size: int) -> int:
+        return steps * self.cfg.ppo.optimizer_steps_per_step(batch_size)
+
+    # -- the step, as named stages ------------------------------------------------
+    def step(self, examples, ctx: StepContext) -> dict:
+        t0 = time.time()
+        exp = self.rollout(examples, seed=self.cfg.run.seed * 100_003 + ctx.phase_index * 1_009 + ctx.step)
+        t1 = time.time()
+        exp = self.score(exp)
+        t2 = time.time()
+        exp, stats = compute_targets(exp, self.cfg.ppo, self.cfg.ppo.samples_per_prompt)
+        stats.update(self.update(exp, ctx, first_optimizer_step=ctx.step * self.cfg.ppo.optimizer_steps_per_step(len(examples))))
+        t3 = time.time()
+        self.roles.sync_rollout()
+        stats.update({"time/generate_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2,
+                      "time/sync_s": time.time() - t3,
+                      "perf/gen_tokens_per_s": float(exp.action_mask.sum()) / max(t1 - t0, 1e-6)})
+        return stats
+
+    def rollout(self, examples: list[dict], seed: int) -> Experience:
+        return self.roles.sample(examples, seed=seed)
+
+    def score(self, exp: Experience) -> Experience:
+        """Old-policy and reference log-probs, reward scores and critic values, computed in parallel."""
+        r, ref = self.roles, ray.put(exp)
+        futures = {"logprobs": r.policy.first("logprobs", ref), "ref_logprobs": r.reference.first("logprobs", ref),
+                   "scores": r.reward.first("score", ref)}
+        if r.critic is not None:
+            futures["values"] = r.critic.first("values", ref)
+        return exp.with_fields(**dict(zip(futures, ray.get(list(futures.values())))))
+
+    def update(self, exp: Experience, ctx: StepContext, first_optimizer_step: int) -> dict:
+        """``ppo_epochs`` passes of shuffled mini-batches; one policy (and critic) optimizer step each."""
+        c, r = self.cfg.ppo, self.roles
+        gen = torch.Generator().manual_seed(self.cfg.run.seed + ctx.step)
+        agg: dict[str, list[float]] = {}
+        opt_step = first_optimizer_step
+        for _ in range(c.ppo_epochs):
+            for mb in exp.minibatches(c.mini_batch_size, gen):
+                parts = mix([LossPart("ppo", mb, options={"clip_eps": c.clip_eps})], ctx, opt_step)
+                opt_step += 1
+                refs = [r.policy.first("train_step", parts)]
+                if r.critic is not None:
+                    refs.append(r.critic.first("train_step", mb, c.value_clip_eps))
+                for out in ray.get(refs):
+                    for k, v in out.items():
+                        agg.setdefault(k, []).append(v)
+        return {k: sum(v) / len(v) for k, v in agg.items()}
+
+    def fisher_parts(self, draw, n, phase_index):
+        """Fresh samples of the policy: the masked NLL of its own samples gives the model Fisher."""
+        exp = self.rollout(draw(0), seed=self.cfg.run.seed * 100_003 + 77_777 + phase_index)
+        return [LossPart("ppo", mb) for mb in exp.minibatches(max(1, -(-len(exp) // n)))]
+
+    # -- the critic lives as long as the run ----------------------------------------
+    def begin_run(self, optimizer_steps: int, resume_from: Path | None) -> None:
+        critic = self.roles.critic
+        if critic is None:
+            return
+        ray.get(critic.call("configure", self.cfg.ppo.critic_optim, max(1, optimizer_steps)))
+        if resume_from is not None and (resume_from / "critic.pt").exists():
+            ray.get(critic.first("load_state", str(resume_from / "critic.pt")))
+
+    def save_state(self, folder: Path) -> list:
+        critic = self.roles.critic
+        return [critic.first("save_state", str(folder / "critic.pt"))] if critic is not None else []

@@ -1,0 +1,27 @@
+"""Instruction phases: next-token loss on demonstrations."""
+
+from __future__ import annotations
+
+import ray
+
+from hbat.actors.policy import LossPart
+from hbat.orchestrator.data import collate_sft
+from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
+
+
+class SFTStep(StepRunner):
+    name = "sft"
+    section = "sft"
+
+    @property
+    def data_key(self) -> str:
+        return "sft"
+
+    def part(self, examples: list[dict]) -> LossPart:
+        return LossPart("sft", collate_sft(examples, self.data.pad_id))
+
+    def step(self, examples, ctx: StepContext) -> dict:
+        return ray.get(self.roles.policy.first("train_step", mix([self.part(examples)], ctx, ctx.step)))
+
+    def fisher_parts(self, draw, n, phase_index):
+        return [self.part(draw(k)) for k in range(n)]
