@@ -55,3 +55,12 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory) -> dict[str, str]:
+    """The built-in demo task, small (32 records per file, 8 held out)."""
+    from hbat.orchestrator.demo_data import make_demo_data
+
+    paths = make_demo_data(tmp_path_factory.mktemp("demo"), n_sft=32, n_pairs=32, n_prompts=32, n_eval=8)
+    return {k: str(v) for k, v in paths.items()}

@@ -1,19 +1,10 @@
-"""Fixtures for the driver tests: the demo task (small), a tiny reward model,
-and a builder for small, fast run configs on the tiny random checkpoints."""
+"""Fixtures for the driver tests: a builder for small, fast run configs on the tiny random checkpoints."""
 
 from __future__ import annotations
 
 import copy
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def demo_files(tmp_path_factory) -> dict[str, str]:
-    from hbat.orchestrator.demo_data import make_demo_data
-
-    paths = make_demo_data(tmp_path_factory.mktemp("demo"), n_sft=32, n_pairs=32, n_prompts=32, n_eval=8)
-    return {k: str(v) for k, v in paths.items()}
 
 
 def _set(tree: dict, dotted: str, value) -> None:
