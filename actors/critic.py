@@ -7,13 +7,12 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
-    optim_config,
     build_optimizer,
     clip_and_step,
-    quiet_transformers,
-    seed_everything,
+    optim_config,
+    setup_actor,
 )
-from hbat.models import critic_values, load_critic, resolve_device
+from hbat.models import critic_values, load_critic
 from hbat.models.atomic import atomic_torch_save
 from hbat.models.precision import precision as get_precision
 from hbat.objectives import masked_mean, ppo_value_loss
@@ -22,11 +21,7 @@ from hbat.objectives import masked_mean, ppo_value_loss
 class CriticWorker:
     def __init__(self, model: str, *, precision: str = "fp32", device: str = "auto", seed: int = 0,
                  disable_dropout: bool = True, torch_threads: int | None = None):
-        quiet_transformers()
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        seed_everything(seed)
-        self.device = resolve_device(device)
+        self.device = setup_actor(device, torch_threads, seed)
         self.precision = get_precision(precision)
         self.model = load_critic(model, dtype=self.precision.train_dtype, device=self.device, trainable=True,
                                  no_dropout=disable_dropout)

@@ -17,18 +17,17 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
-    optim_config,
     build_optimizer,
     clip_and_step,
-    quiet_transformers,
+    optim_config,
     rng_state,
-    seed_everything,
     set_rng_state,
+    setup_actor,
     split_micro,
     to_device,
 )
 from hbat.actors.rollout_hf import merged_state_dict
-from hbat.models import load_causal_lm, load_tokenizer, resolve_device, save_checkpoint
+from hbat.models import load_causal_lm, load_tokenizer, save_checkpoint
 from hbat.models.atomic import atomic_torch_save
 from hbat.models.precision import precision as get_precision
 from hbat.orchestrator.config import EWCConfig, LoraConfig, OptimConfig
@@ -99,11 +98,7 @@ class PolicyWorker:
         seed: int = 0,
         torch_threads: int | None = None,
     ):
-        quiet_transformers()
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        seed_everything(seed)
-        self.device = resolve_device(device)
+        self.device = setup_actor(device, torch_threads, seed)
         self.precision = get_precision(precision)
         self.model = load_causal_lm(
             model, dtype=self.precision.train_dtype, device=self.device, trainable=True,

@@ -12,17 +12,14 @@ from __future__ import annotations
 import torch
 
 from hbat.actors.experience import Experience
-from hbat.actors.training import quiet_transformers, to_device
-from hbat.models import load_causal_lm, resolve_device
+from hbat.actors.training import setup_actor, to_device
+from hbat.models import load_causal_lm
 from hbat.objectives import sequence_logprobs, tempered_logits, token_logprobs
 
 
 class ReferenceWorker:
     def __init__(self, model: str, *, dtype: str = "float32", device: str = "auto", torch_threads: int | None = None):
-        quiet_transformers()
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.device = resolve_device(device)
+        self.device = setup_actor(device, torch_threads)
         self.model = load_causal_lm(model, dtype=dtype, device=self.device)
 
         self.version: int | None = None  # policy weight version loaded by a refresh (None: initial model)

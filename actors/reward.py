@@ -17,14 +17,13 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
-    optim_config,
     build_optimizer,
     clip_and_step,
-    quiet_transformers,
-    seed_everything,
+    optim_config,
+    setup_actor,
     to_device,
 )
-from hbat.models import load_reward_model, load_tokenizer, resolve_device, reward_scores, save_checkpoint
+from hbat.models import load_reward_model, load_tokenizer, reward_scores, save_checkpoint
 from hbat.models.precision import precision as get_precision
 from hbat.objectives import bradley_terry_loss
 
@@ -64,11 +63,7 @@ class RewardWorker:
         """``dtype``: the weights of a scoring-only model; a ``trainable`` one
         (reward-model training) holds ``precision``'s train dtype and computes
         under its autocast."""
-        quiet_transformers()
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        seed_everything(seed)
-        self.device = resolve_device(device)
+        self.device = setup_actor(device, torch_threads, seed)
         self.model = None
         self.tokenizer = None
         self.precision = get_precision(precision)

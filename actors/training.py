@@ -107,3 +107,16 @@ def quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def setup_actor(device: str = "auto", torch_threads: int | None = None, seed: int | None = None) -> torch.device:
+    """What every model-holding actor does first: quiet transformers, size its
+    torch thread pool, seed its RNGs (when it samples or trains) and pick its device."""
+    from hbat.models import resolve_device
+
+    quiet_transformers()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    if seed is not None:
+        seed_everything(seed)
+    return resolve_device(device)

@@ -40,11 +40,6 @@ class EvalResult:
                 "extra": {k: v for k, v in self.extra.items() if k not in ("reward_scores", "baseline_reward_scores")}}
 
 
-def ensure_ray(cfg: EvalConfig) -> bool:
-    """Start local Ray (or join ``resources.address``) unless Ray runs already; True if we started it."""
-    return ensure_ray(cfg.resources.address, cfg.resources.num_cpus, log_to_driver=False)
-
-
 def read_responses(path: str | Path, examples: list[EvalExample]) -> list[str]:
     """Responses from an earlier ``responses.jsonl``; order and prompts must match the eval set."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -75,7 +70,7 @@ def evaluate_model(model: str, cfg: EvalConfig, *, examples: list[EvalExample] |
     probe = Context(model, examples, Generations([], [], []), cfg, baseline=[] if has_baseline else None)
     suites = select_suites(cfg.suites, probe)  # fail on a missing input before any model loads
     names = {s.name for s in suites}
-    started = ensure_ray(cfg)
+    started = ensure_ray(cfg.resources.address, cfg.resources.num_cpus, log_to_driver=False)
     own = actors is None
     ctx = None
     try:
