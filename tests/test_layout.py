@@ -89,6 +89,24 @@ def test_pyright_resolves_every_first_party_import():
     assert not first_party, "\n".join(first_party)
 
 
+def test_pyright_outside_the_repo_resolves_hbat_through_the_venv(tmp_path):
+    """An editor or tool opened on another project that uses this venv sees
+    only site-packages: the editable install must be a path it can read (a
+    static .pth), not an import hook."""
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(
+        {"typeCheckingMode": "off", "reportMissingImports": "error"}))
+    (tmp_path / "uses_hbat.py").write_text(
+        "import hbat.actors.policy\nimport hbat.orchestrator.config\n"
+        "from hbat.objectives import registry\nfrom hbat.deploy import openai_app\n")
+    proc = subprocess.run([sys.executable, "-m", "pyright", "--outputjson",
+                           "--pythonpath", sys.executable], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.stdout, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["summary"]["filesAnalyzed"] == 1, report["summary"]
+    assert not report["generalDiagnostics"], report["generalDiagnostics"]
+
+
 def test_repo_root_first_on_path_imports_the_whole_package_from_the_repo():
     """What `--working-dir .` does: the repo as cwd and first on PYTHONPATH.
     Every module of `hbat` imports, from files under <repo>/hbat."""
