@@ -29,7 +29,7 @@ from hbat.models.atomic import atomic_write_bytes
 from hbat.models.precision import precision
 from hbat.objectives import get_preference_loss
 from hbat.orchestrator.advantages import compute_targets
-from hbat.orchestrator.checkpoint import CheckpointManager, RunState
+from hbat.orchestrator.checkpoint import CheckpointManager, RunState, wait_all
 from hbat.orchestrator.config import Config, ConfigError, OptimConfig, dump_config
 from hbat.orchestrator.data import (
     PairwiseDataset,
@@ -504,7 +504,7 @@ class Driver:
                 refs.append(self.reference.first("save_weights", str(folder / "reference.safetensors")))
             if self.critic is not None:
                 refs.append(self.critic.first("save_state", str(folder / "critic.pt")))
-            ray.get(refs)
+            wait_all(refs)  # every actor's result read: a full disk fails them all
         self.ckpt.save(self.state, write)
 
     def _load_actor_states(self, folder: Path) -> None:
