@@ -112,7 +112,7 @@ def check_model(ref: str | None, key: str) -> ModelRef | None:
         return ModelRef("folder", _read_model_config(path / "config.json", key))
     looks_like_path = ref.startswith((".", "/", "~", "$")) or ref.count("/") > 1 or "\\" in ref
     if looks_like_path:
-        raise ConfigError(f"{key}: no such model folder: {path}")
+        raise ConfigError(f"{key}: model folder {path} does not exist")
     return _check_hub_id(ref, key)
 
 
