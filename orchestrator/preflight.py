@@ -60,7 +60,8 @@ def _read_model_config(path: Path, key: str) -> dict:
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
+    env = [os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")]
+    return bool(constants.HF_HUB_OFFLINE) or any(v not in ("", "0", "false", "no", "off") for v in env)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -219,7 +220,8 @@ def check_local_resources(num_cpus: int | None, asks: list[tuple[str, float, flo
         have_gpus = machine_gpus()
         for what, _, g in asks:
             if g > 0 and have_gpus == 0:
-                raise ConfigError(f"{what} asks for {g:g} GPUs; this machine has none")
+                raise ConfigError(f"{what.replace('num_cpus', 'num_gpus')} asks for {g:g} GPUs; "
+                                  "this machine has none")
         if gpus > have_gpus + 1e-9:
             raise ConfigError(f"{section}: the roles ask for {gpus:g} GPUs together; this machine has {have_gpus}")
 
