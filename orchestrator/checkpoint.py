@@ -109,13 +109,14 @@ def check_checkpoint(folder: Path) -> RunState:
             listed = json.loads(marker.read_text())["files"]
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"its {MARKER} marker is damaged") from None
+        state = _load_state(folder)  # its own messages (empty, not JSON) say more than a size
         for name, size in listed.items():
             f = folder / name
             if not f.is_file():
                 raise ValueError(f"{name} is missing")
             if f.stat().st_size != size:
                 raise ValueError(f"{name} has {f.stat().st_size} bytes, {size} were written")
-        return _load_state(folder)
+        return state
     # a checkpoint of an older hbat (before the marker): its rename was atomic,
     # so it is complete if its state and the policy file are readable
     state = _load_state(folder)
@@ -204,8 +205,8 @@ class CheckpointManager:
             try:
                 state = check_checkpoint(folder)
             except (ValueError, OSError) as exc:
-                what = "that latest names" if folder.name == named else ""
-                problems.append(f"checkpoint {folder.name} {what}is not usable: {exc}".replace("  ", " "))
+                what = " that latest names" if folder.name == named else ""
+                problems.append(f"checkpoint {folder.name}{what} is not usable: {exc}")
                 continue
             if problems:
                 msg = f"{'; '.join(problems)}; resuming from the newest complete checkpoint {folder.name}"

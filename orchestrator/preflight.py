@@ -31,8 +31,9 @@ from hbat.orchestrator.config import Config, ConfigError, expand_path
 log = logging.getLogger("hbat.preflight")
 
 #: keys that may change between a run and its ``--resume``: where and how it
-#: runs and what it logs, never what it trains (see :func:`resume_differences`)
-RESUMABLE_CHANGES = ("logging.", "resources.", "rollout.", "run.checkpoint_every")
+#: runs, where its folder lives (a moved run folder resumes) and what it logs,
+#: never what it trains (see :func:`resume_differences`)
+RESUMABLE_CHANGES = ("logging.", "resources.", "rollout.", "run.checkpoint_every", "run.output_dir", "run.name")
 
 #: files whose presence marks a folder as an hbat run folder
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/latest", "reward_model", "final")
