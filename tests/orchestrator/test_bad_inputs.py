@@ -189,7 +189,7 @@ CASES = [
     Case("data-tilde-expands", lambda c: _train(c, "data.sft=~/hbat-no-such-dir/x.jsonl"),
          ["data.sft", str(Path.home() / "hbat-no-such-dir")]),
     Case("data-env-unset", lambda c: _train(c, "data.sft=${HBAT_NO_SUCH_DATA}/x.jsonl"),
-         ["data.sft", "HBAT_NO_SUCH_DATA"]),
+         ["data.sft: environment variable $HBAT_NO_SUCH_DATA", "is not set"]),
     Case("gz-not-gzip", lambda c: c.data("sft", "plain.jsonl.gz", _lines(3).encode()),
          ["plain.jsonl.gz, line 1", "not a gzip file"], SUB),
     Case("gz-truncated", lambda c: c.data("sft", "cut.jsonl.gz", _gz(_lines(3000))[:2000]) + ["data.limit=null"],
@@ -313,6 +313,7 @@ def _expected(case: Case, c: Ctx) -> list[str]:
 def _check(case: Case, c: Ctx, code: int, err: str) -> None:
     assert code == 2, f"{case.id}: exit {code}\n{err}"
     assert "Traceback" not in err, f"{case.id}: traceback\n{err}"
+    assert "<unicode string>" not in err, f"{case.id}: PyYAML's placeholder instead of the file\n{err}"
     for piece in _expected(case, c):
         assert piece in err, f"{case.id}: {piece!r} not in\n{err}"
 
