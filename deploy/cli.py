@@ -247,7 +247,7 @@ def _one_line(exc: Exception) -> str:
 
     if isinstance(exc, ValidationError):
         return "; ".join((f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: " if e["loc"] else "")
-                         + e["msg"] for e in exc.errors())
+                         + e["msg"].removeprefix("Value error, ") for e in exc.errors())
     return str(exc)
 
 
