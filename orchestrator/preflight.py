@@ -354,10 +354,12 @@ def check_data_paths(cfg: Config) -> None:
             raise ConfigError(f"data.{key}: no such file or directory: {value}")
 
 
-def check_train(cfg: Config, *, resume: bool = False, overwrite: bool = False, run_folder: bool = True) -> None:
-    """``hbat train`` / ``train-rm``: models, backend, resources, run folder."""
+def check_train(cfg: Config, *, resume: bool = False, overwrite: bool = False, run_folder: bool = True,
+                data_paths: bool = True) -> None:
+    """``hbat train`` / ``train-rm``: models, data paths, backend, resources, run folder."""
     check_models(cfg)
-    check_data_paths(cfg)
+    if data_paths:
+        check_data_paths(cfg)
     check_backend(cfg.rollout.backend, "rollout.backend")
     if cfg.resources.address is None:
         check_local_resources(cfg.resources.num_cpus, _train_asks(cfg), "resources")
@@ -449,7 +451,7 @@ def check_compare(cfg, train_tree: dict, resume: bool, overwrite: bool) -> None:
             train_cfg = validate_config(t, f"method {spec.name}")
         except ConfigError:
             continue  # Comparison.prepare reports invalid trees with the method's name
-        check_train(train_cfg, run_folder=False)
+        check_train(train_cfg, run_folder=False, data_paths=False)  # demo_data is written by prepare()
     check_model(cfg.reward_model, "reward_model")
     if cfg.eval.data and not Path(expand_path(cfg.eval.data, "eval.data")).exists():
         raise ConfigError(f"eval.data: no such file or directory: {cfg.eval.data}")
