@@ -341,6 +341,11 @@ def test_token_budget_per_request_is_400(http):
     assert e["code"] == "request_tokens_exceeded" and e["param"] == "max_tokens"
     assert "8 x (5 + 46) = 408" in e["message"] and "400" in e["message"]
     assert http.post("/v1/completions", json=_budget_request(45)).status_code == 200  # exactly at the limit
+    # a chat without max_tokens gets the default shrunk to what the budget allows, not a 400
+    r = _chat(http, {**GOOD, "n": 8, "temperature": 1.0, "logit_bias": {}})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["completion_tokens"] <= 8 * (400 // 8 - usage["prompt_tokens"])
 
 
 def test_token_budget_across_requests_is_429_and_released(http):
