@@ -6,8 +6,9 @@ traceback, and -- in-process -- without Ray ever being started.
 Most rows run the real CLI's ``main()`` in this process (the same code path
 as the ``hbat`` entry point, minus interpreter start-up); the rows marked
 ``SUB`` also run as a subprocess of ``python -m hbat.orchestrator.cli``, so
-the table proves the installed command too. ``python tests/orchestrator/
-test_bad_inputs.py`` prints the table with the message each input gets.
+the table proves the installed command too. With ``HBAT_BAD_INPUT_TABLE=FILE``
+the in-process rows append ``{case, argv, exit, message}`` lines to FILE: the
+table of inputs and the message each gets.
 """
 
 from __future__ import annotations
