@@ -96,6 +96,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask for")
     p.add_argument("--max-batch", type=int, default=None, help="largest number of inputs per /v1/reward request")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (413 above)")
+    p.add_argument("--max-request-tokens", type=int, default=None,
+                   help="largest n x (prompt + max_tokens) of one request (default 8192; 400 above): "
+                        "bounds its memory, see deploy/README.md")
+    p.add_argument("--max-concurrent-tokens", type=int, default=None,
+                   help="the same summed over a replica's running requests (default 32768; 429 above)")
     p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
                    help="keep serving until Ctrl-C (default); --no-blocking returns once the apps are up")
     p.set_defaults(func=run)
@@ -109,7 +114,8 @@ def _check_checkpoint(path: str, local: bool) -> str:
 
     if path in EMBEDDED_MODELS:
         return path
-    if os.path.exists(path):
+    path = os.path.expanduser(os.path.expandvars(path))
+    if os.path.exists(path):  # a relative path with one slash that exists here is a path, not a hub id
         return os.path.abspath(path)
     looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
     if looks_like_hub_id or not local:
@@ -144,7 +150,10 @@ def app_specs(args: argparse.Namespace) -> list[AppSpec]:
     else:
         common["num_replicas"] = args.num_replicas or 1
     limits = {k: v for k, v in (("max_tokens", args.max_tokens), ("max_batch", args.max_batch),
-                                ("max_body_bytes", args.max_body_bytes)) if v is not None}
+                                ("max_body_bytes", args.max_body_bytes),
+                                ("max_request_tokens", getattr(args, "max_request_tokens", None)),
+                                ("max_concurrent_tokens", getattr(args, "max_concurrent_tokens", None)))
+              if v is not None}
     if limits:
         common["limits"] = limits
     specs = []
@@ -162,10 +171,19 @@ def app_specs(args: argparse.Namespace) -> list[AppSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hbat.orchestrator.config import ConfigError
+    from hbat.orchestrator.preflight import check_serve
+
     try:
+        if not args.checkpoint and not args.reward_checkpoint:
+            raise ValueError("give --checkpoint and/or --reward-checkpoint")
+        check_serve(args)  # before Ray: checkpoints, key source, port (a replica would fail far away)
         specs = app_specs(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"hbat serve: error: {exc}", file=sys.stderr)
+        from hbat.deploy.settings import Limits
+
+        Limits(**specs[0].args.get("limits", {}))
+    except (ValueError, FileNotFoundError, ConfigError) as exc:
+        print(f"hbat serve: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
     import ray
@@ -221,6 +239,16 @@ def run(args: argparse.Namespace) -> int:
         for spec in specs:  # a shared cluster: remove only what we deployed
             serve.delete(spec.name)
     return 0
+
+
+def _one_line(exc: Exception) -> str:
+    """pydantic's multi-line ValidationError as one line."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join((f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: " if e["loc"] else "")
+                         + e["msg"].removeprefix("Value error, ") for e in exc.errors())
+    return str(exc)
 
 
 def _name(spec: AppSpec) -> str:

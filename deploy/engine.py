@@ -17,6 +17,7 @@ known not to be one; the stop string itself is never returned.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,39 @@ class TransformersEngine:
         self.stop_token_ids = self._stop_ids()
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.loaded_at = int(time.time())
+        # transformers renamed forward's past_key_values to cache (5.x); pass whichever it takes
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    # -------------------------------------------------------------- memory
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token of one choice holds: 2 (K, V) x layers x kv heads x head dim x dtype size."""
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        size = next(self.model.parameters()).element_size()
+        return 2 * c.num_hidden_layers * heads * head_dim * size
+
+    def request_memory_bytes(self, n: int, prompt_tokens: int, max_tokens: int) -> int:
+        """Upper bound on the memory one request adds to the replica (deploy/README.md, "Memory per request").
+
+        * KV cache: ``n x (prompt + max_tokens)`` tokens x :meth:`kv_bytes_per_token`,
+          twice over for one layer while ``torch.cat`` grows it;
+        * prefill working set (one copy of the prompt, one layer at a time):
+          hidden states, attention projections and the MLP's three intermediate
+          tensors, ``prompt x (6 hidden + 3 intermediate)`` values, and the last
+          position's logits only;
+        * per decoding step: ``n x vocab`` logits and their float copies (6 of them
+          through penalties, top-k/top-p sorting and softmax);
+        * 64 MiB for the allocator and Python objects.
+        """
+        c = self.model.config
+        size = next(self.model.parameters()).element_size()
+        tokens = n * (prompt_tokens + max_tokens)
+        kv = tokens * self.kv_bytes_per_token() * (1 + 1 / c.num_hidden_layers)
+        inter = getattr(c, "intermediate_size", 4 * c.hidden_size)
+        prefill = prompt_tokens * (6 * c.hidden_size + 3 * inter) * max(size, 4)
+        step = 6 * n * self.vocab_size * 8
+        return int(kv + prefill + step + (64 << 20))
 
     # ---------------------------------------------------------------- text
     def _stop_ids(self) -> set[int]:
@@ -119,13 +153,18 @@ class TransformersEngine:
         k = params.top_logprobs if params.logprobs else 0
         rows = [_RowText(self, params.stop) for _ in range(n)]
         done = [False] * n
-        inp = torch.tensor([prompt_ids] * n, dtype=torch.long, device=self.device)
+        # Prefill once, for one copy of the prompt, keeping only the last
+        # position's logits ([1, 1, vocab] instead of [n, prompt, vocab]); the
+        # KV cache is then repeated for the n choices. See request_memory_bytes.
+        inp = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         past = None
         for step in range(max_new):
             with torch.inference_mode():
-                out = self.model(input_ids=inp, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            raw = out.logits[:, -1, :]
+                out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self._cache_arg: past})
+                past = out.past_key_values
+                if step == 0 and n > 1:
+                    past.batch_repeat_interleave(n)
+            raw = out.logits[:, -1, :].expand(n, -1) if step == 0 else out.logits[:, -1, :]
             tokens = choose(adjust_logits(raw, params, counts, bias), params, gen)
             if params.logprobs:
                 picked, top_ids, top_vals = logprob_info(raw, tokens, k)

@@ -12,6 +12,10 @@ Status codes (the same as OpenAI's API where it has one):
 * 404 — unknown route or unknown ``model``.
 * 405 — wrong HTTP method.
 * 413 ``request_too_large`` — the body is over ``limits.max_body_bytes``.
+* 429 ``token_budget_exhausted`` — the replica's concurrent token budget
+  (``limits.max_concurrent_tokens``) is in use; retry later (``Retry-After``).
+* 500 ``internal_error`` — anything unexpected (a bug, a failed model step),
+  still as a JSON body.
 * 503 — the replica has no model loaded yet.
 """
 
@@ -36,6 +40,7 @@ _TYPES = {
     405: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    429: "rate_limit_exceeded",
     503: "service_unavailable",
 }
 
@@ -63,7 +68,8 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else (
+            {"Retry-After": "1"} if self.status == 429 else None)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
@@ -173,6 +179,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and "parsing the body" in msg:  # FastAPI: undecodable or too deep JSON
             msg, code = "We could not parse the JSON body of your request.", "invalid_json"
         return APIError(exc.status_code, msg, code=code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # a bug or a failed model step: still an OpenAI-shaped body, never Starlette's plain text
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return APIError(500, f"The server had an error while processing your request ({type(exc).__name__}: {exc}).",
+                        type="server_error", code="internal_error").response()
 
     @app.exception_handler(json.JSONDecodeError)
     async def _json(_: Request, exc: json.JSONDecodeError):

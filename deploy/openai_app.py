@@ -30,6 +30,7 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.serve import Application
 
+from hbat.deploy.budget import Reservation, TokenBudget
 from hbat.deploy.engine import StepToken, TransformersEngine
 from hbat.deploy.errors import APIError, bad_request, install_error_handlers
 from hbat.deploy.guard import GuardMiddleware
@@ -89,6 +90,7 @@ class PolicyServer(ModelReplica):
 
     def __init__(self, args: dict):
         self._setup(PolicyAppArgs.model_validate(args), app, "hbat-generate")
+        self.budget = TokenBudget(self.limits.max_request_tokens, self.limits.max_concurrent_tokens)
 
     def _make_engine(self, cfg: WeightsConfig) -> TransformersEngine:
         return TransformersEngine(cfg.checkpoint, dtype=self.args.dtype, device=self.args.device,
@@ -154,13 +156,12 @@ class PolicyServer(ModelReplica):
             body, engine, [len(prompt_ids)], max_tokens, mt_param, "messages",
             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
         )
+        held = self.budget.reserve(self.budget.cost(params.n, [len(prompt_ids)], params.max_tokens))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                self._chat_stream(engine, prompt_ids, params, include_usage),
-                media_type="text/event-stream",
-            )
-        choices = await self._collect(engine, prompt_ids, params)
+            return self._streaming(self._chat_stream(engine, prompt_ids, params, include_usage), held)
+        with held:
+            choices = await self._collect(engine, prompt_ids, params)
         completion_tokens = sum(len(c.tokens) for c in choices)
         return ChatCompletion(
             model=self.model_name,
@@ -196,17 +197,17 @@ class PolicyServer(ModelReplica):
             body, engine, [len(p) for p in prompts], body.max_tokens, "max_tokens", "prompt",
             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0,
         )
+        held = self.budget.reserve(self.budget.cost(params.n, [len(p) for p in prompts], params.max_tokens))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                self._completion_stream(engine, prompts, params, body.echo, include_usage),
-                media_type="text/event-stream",
-            )
+            return self._streaming(self._completion_stream(engine, prompts, params, body.echo, include_usage), held)
         out: list[CompletionChoice] = []
         completion_tokens = 0
+        with held:
+            collected = [await self._collect(engine, prompt_ids, params) for prompt_ids in prompts]
         for p_idx, prompt_ids in enumerate(prompts):
             prefix = engine.decode(prompt_ids) if body.echo else ""
-            for j, c in enumerate(await self._collect(engine, prompt_ids, params)):
+            for j, c in enumerate(collected[p_idx]):
                 completion_tokens += len(c.tokens)
                 out.append(
                     CompletionChoice(
@@ -287,8 +288,9 @@ class PolicyServer(ModelReplica):
                 prompt_param,
                 code="context_length_exceeded",
             )
-        if max_tokens is None:
-            max_tokens = min(lim.default_max_tokens, lim.max_tokens, ctx - longest)
+        if max_tokens is None:  # the default, shrunk to what the token budget allows
+            max_tokens = max(1, min(lim.default_max_tokens, lim.max_tokens, ctx - longest,
+                                    self.budget.largest_max_tokens(body.n, longest)))
         elif longest + max_tokens > ctx:
             raise bad_request(
                 f"This model's maximum context length is {ctx} tokens. However, you requested "
@@ -297,6 +299,7 @@ class PolicyServer(ModelReplica):
                 max_tokens_param,
                 code="context_length_exceeded",
             )
+        self.budget.check(body.n, longest, max_tokens, max_tokens_param)
         bias: dict[int, float] = {}
         for key, value in (body.logit_bias or {}).items():
             try:
@@ -322,6 +325,21 @@ class PolicyServer(ModelReplica):
         )
 
     # ------------------------------------------------------- generation
+    @staticmethod
+    def _streaming(stream: AsyncIterator[str], held: Reservation) -> StreamingResponse:
+        """An SSE response that gives the request's tokens back when the stream ends (or is dropped)."""
+
+        async def body():
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                held.release()
+
+        gen = body()
+        held.release_with(gen)
+        return StreamingResponse(gen, media_type="text/event-stream")
+
     async def _steps(self, engine: TransformersEngine, prompt_ids: list[int], params: SamplingParams
                      ) -> AsyncIterator[list[StepToken]]:
         gen = engine.generate(prompt_ids, params)

@@ -31,6 +31,17 @@ class Limits(BaseModel):
     max_prompts: int = Field(16, ge=1, description="largest list of prompts in one /v1/completions request")
     max_batch: int = Field(64, ge=1, description="largest number of inputs in one /v1/reward request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    max_request_tokens: int = Field(8192, ge=1, description="largest n x (prompt + max_tokens) of one request: "
+                                    "bounds its KV cache (deploy/README.md, memory per request); 400 above")
+    max_concurrent_tokens: int = Field(32768, ge=1, description="the same summed over the requests a replica "
+                                       "runs at once; a request that does not fit gets 429")
+
+    @model_validator(mode="after")
+    def _budget_fits(self):
+        if self.max_concurrent_tokens < self.max_request_tokens:
+            raise ValueError(f"max_concurrent_tokens ({self.max_concurrent_tokens}) must be at least "
+                             f"max_request_tokens ({self.max_request_tokens}), or the largest request never runs")
+        return self
 
 
 class DeploymentOptions(BaseModel):

@@ -59,6 +59,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's data to the disk (a rename alone is atomic, not durable:
+    after a power cut the new name may point at an empty file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file under ``root``, then every folder, deepest first
+    (files, then the folders that name them)."""
+    root = Path(root)
+    dirs = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_file(os.path.join(folder, name))
+        dirs.append(Path(folder))
+    for folder in reversed(dirs):
+        _fsync_dir(folder)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -85,7 +108,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        fsync_file(tmp)  # the data reaches the disk before the name does
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

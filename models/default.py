@@ -11,6 +11,7 @@ loads in ~0.1 s.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -51,9 +52,21 @@ def resolve_model_path(name_or_path: str) -> str:
         gguf_path = Path(name_or_path).expanduser().resolve()
         if not gguf_path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
-        key = gguf_path.stem + "-" + format(abs(hash(str(gguf_path))) % 10**8, "08d")
-        return str(convert_gguf(gguf_path, cache_root() / "models" / key))
+        return str(convert_gguf(gguf_path, cache_root() / "models" / gguf_cache_key(gguf_path)))
     return name_or_path
+
+
+def gguf_cache_key(gguf_path: Path) -> str:
+    """The cache folder name of a converted ``.gguf`` file: its stem plus a digest of
+    its absolute path, size and modification time.
+
+    A digest (not Python's ``hash()``, which is salted per process) so every
+    process and every Ray actor finds the same folder and converts once; size
+    and mtime so a file replaced in place is converted again.
+    """
+    st = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    return f"{gguf_path.stem}-{hashlib.sha256(ident).hexdigest()[:16]}"
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:

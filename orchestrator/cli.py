@@ -13,7 +13,12 @@ def _train(args) -> int:
     from hbat.orchestrator.config import load_config
     from hbat.orchestrator.driver import train
 
+    from hbat.orchestrator.preflight import check_train, remove_run_folder
+
     cfg = load_config(args.config, args.overrides)
+    check_train(cfg, resume=args.resume, overwrite=args.overwrite, run_folder=not args.train_rm_only)
+    if args.overwrite:
+        remove_run_folder(cfg.run_dir())
     summary = train(cfg, resume=args.resume) if not args.train_rm_only else _train_rm(cfg)
     print(json.dumps(summary, indent=2))
     return 0
@@ -26,10 +31,14 @@ def _train_rm(cfg) -> dict:
 
 
 def _generate(args) -> int:
+    from hbat.orchestrator.config import expand_path
+    from hbat.orchestrator.preflight import check_generate
+
+    check_generate(args.model, args.backend, args.max_new_tokens, args.temperature)
     from hbat.actors.rollout import RolloutWorker
     from hbat.actors.sampling import SamplingSettings
 
-    worker = RolloutWorker(args.model, backend=args.backend)
+    worker = RolloutWorker(expand_path(args.model, "--model"), backend=args.backend)
     sampling = SamplingSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, n=1, seed=0)
     for prompt, outs in zip(args.prompt, worker.generate_text(args.prompt, sampling)):
         print(f"> {prompt}\n{outs[0]}\n")
@@ -52,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help=f"run a schedule ({', '.join(SCHEDULES)})")
     t.add_argument("--config", required=True, help="YAML config (see configs/)")
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's latest complete checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete the run folder's earlier run first (without it, a folder holding a run is refused)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.rounds=4 ppo.kl_coef=0.1")
     t.set_defaults(func=_train, train_rm_only=False)
 
     r = sub.add_parser("train-rm", help="train only the Bradley-Terry reward model on data.preference")
     r.add_argument("--config", required=True)
     r.add_argument("overrides", nargs="*")
-    r.set_defaults(func=_train, train_rm_only=True, resume=False)
+    r.set_defaults(func=_train, train_rm_only=True, resume=False, overwrite=False)
 
     g = sub.add_parser("generate", help="generate answers with a model or checkpoint")
     g.add_argument("--model", default="smollm2-135m")

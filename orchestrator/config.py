@@ -4,6 +4,8 @@ dotted key in the message. The resolved tree is saved in the run folder."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -385,26 +387,83 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from None
+        value = load_yaml_text(raw, f"override '{item}'") if raw != "" else None
         out.append((key, value))
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an
+    error. Plain PyYAML keeps the last value, so a second ``ppo:`` block would
+    silently drop the first one -- the user would train with settings they
+    never meant."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<": merge keys may repeat
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML reports it itself
+                    continue
+                if first is not None:
+                    raise ConfigError(
+                        f"{self.name}, line {key_node.start_mark.line + 1}: duplicate key '{key}' "
+                        f"(first given on line {first}); a YAML mapping keeps only the last one"
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, name: str):
+    """Parse YAML with duplicate keys refused; errors name ``name`` (the file),
+    not PyYAML's ``"<unicode string>"``."""
+    loader = _StrictLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:  # one line: where, then what
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{name}, line {mark.line + 1}, column {mark.column + 1}" if mark else name
+        what = "; ".join(x for x in (exc.context, exc.problem) if x)
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml_mapping(path: str | Path, what: str = "mapping of sections") -> dict:
     """A YAML file whose top level is a mapping; any other content is a ConfigError naming the file."""
-    p = Path(path)
+    p = Path(expand_path(str(path), "--config"))
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    tree = load_yaml_text(text, str(p)) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: top level must be a {what}")
     return tree
+
+
+def expand_path(value: str, key: str) -> str:
+    """``~`` and ``$VAR`` / ``${VAR}`` in a path, as a shell would expand them.
+
+    An unset variable is an error naming the key: left unexpanded, it would
+    surface later as a puzzling "file not found: $DATA/sft.jsonl".
+    """
+    out = os.path.expanduser(os.path.expandvars(value))
+    missing = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", out)
+    if missing:
+        raise ConfigError(f"{key}: environment variable ${missing[0]} in '{value}' is not set")
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -416,6 +475,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _resolve_relative_paths(tree, Path(path).parent)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
+    expand_paths_in_tree(tree)
     return validate_config(tree, source)
 
 
@@ -440,6 +500,19 @@ def validate_config(tree: dict, source: str = "<config>") -> Config:
 
 
 _PATH_KEYS = {"data": ("sft", "preference", "pointwise", "prompts", "eval_sft", "eval_prompts")}
+#: every key that names a file or folder: ``~`` and ``$VAR`` expand in these
+EXPANDED_KEYS = {**_PATH_KEYS, "model": ("policy", "reference", "reward", "critic"), "run": ("output_dir",)}
+
+
+def expand_paths_in_tree(tree: dict) -> None:
+    """Expand ``~`` and environment variables in every path key of a config tree (in place)."""
+    for section, keys in EXPANDED_KEYS.items():
+        node = tree.get(section)
+        if not isinstance(node, dict):
+            continue
+        for k in keys:
+            if isinstance(node.get(k), str):
+                node[k] = expand_path(node[k], f"{section}.{k}")
 
 
 def _resolve_relative_paths(tree: dict, base: Path) -> None:
@@ -451,6 +524,8 @@ def _resolve_relative_paths(tree: dict, base: Path) -> None:
             continue
         for k in keys:
             v = node.get(k)
+            if isinstance(v, str):
+                v = node[k] = expand_path(v, f"{section}.{k}")
             if isinstance(v, str) and not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists():
                 node[k] = str(base / v)
 

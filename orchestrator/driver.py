@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from hbat.actors.policy import LossPart
 from hbat.actors.reward import load_rule
 from hbat.models.atomic import atomic_write_bytes
-from hbat.orchestrator.checkpoint import CheckpointManager, RunState
+from hbat.orchestrator.checkpoint import CheckpointManager, RunState, wait_all
 from hbat.orchestrator.config import Config, ConfigError, OptimConfig, dump_config
 from hbat.orchestrator.data import collate_sft
 from hbat.orchestrator.metrics import MetricsLogger
@@ -47,6 +47,24 @@ class PhaseSetup:
     steps: int
     optim: OptimConfig
     sft_batch_size: int
+
+
+def run_roles(cfg: Config) -> list[str]:
+    """The roles a run places: policy and reference always; what the plan's step
+    runners use; rollout (and reward, when one can be had) for the per-phase
+    probes on ``data.eval_prompts``. Preflight sizes the placement from this too."""
+    roles = ["policy", "reference"]
+    kinds = {p.kind for p in build_plan(cfg)} | {"sft"}
+    for kind in sorted(kinds):
+        for r in runner_class(kind, cfg.schedule.preference).extra_roles(cfg):
+            if r not in roles:
+                roles.append(r)
+    if cfg.data.eval_prompts:
+        if "rollout" not in roles:
+            roles.append("rollout")
+        if "reward" not in roles and (cfg.reward_uses_model or cfg.reward_model.rule_rewards):
+            roles.append("reward")
+    return roles
 
 
 class Driver:
@@ -91,18 +109,7 @@ class Driver:
                                   f"schedule.rounds={self.cfg.schedule.rounds} shards")
 
     def needed_roles(self) -> list[str]:
-        """Policy and reference always; what the plan's runners use; rollout (and
-        reward, when one can be had) for the per-phase probes on eval prompts."""
-        c = self.cfg
-        roles = ["policy", "reference"]
-        for cls in self.runner_classes.values():
-            roles += [r for r in cls.extra_roles(c) if r not in roles]
-        if self.data.get("eval_prompts") is not None:
-            if "rollout" not in roles:
-                roles.append("rollout")
-            if "reward" not in roles and (c.reward_uses_model or c.reward_model.rule_rewards):
-                roles.append("reward")
-        return roles
+        return run_roles(self.cfg)
 
     def start(self) -> None:
         c = self.cfg
@@ -283,7 +290,7 @@ class Driver:
                 refs.append(self.roles.reference.first("save_weights", str(folder / "reference.safetensors")))
             for runner in self.runners.values():
                 refs += runner.save_state(folder)
-            ray.get(refs)
+            wait_all(refs)  # every actor's result read: a full disk fails them all
         self.ckpt.save(self.state, write)
 
     def _plot(self) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from hbat.orchestrator.data.checks import check_examples
 from hbat.orchestrator.data.errors import DataError, type_name
 from hbat.orchestrator.data.records import RecordAt, iter_records
 from hbat.orchestrator.data.schema import (
@@ -291,11 +292,13 @@ class TokenizedDataset(Sequence):
                 "%s: %d of %d %s were cut to fit (max_len=%s, max_prompt_len=%s)",
                 source,
                 limits.truncated,
-                len(examples),
+                len(examples) * (2 if cls is PairwiseDataset else 1),
                 "prompts" if cls is PromptDataset else "responses",
                 max_len,
                 max_prompt_len,
             )
+        check_examples(cls.KIND, examples, origins, source=source, max_len=max_len, seen=seen, skipped=skipped,
+                       truncated=limits.truncated)
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

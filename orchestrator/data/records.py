@@ -22,6 +22,7 @@ import glob
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -59,7 +60,7 @@ def _kind(path: str) -> str | None:
 
 def expand_paths(path: str | os.PathLike) -> list[str]:
     """The data files ``path`` stands for (file, directory or glob), sorted."""
-    text = os.fspath(path)
+    text = os.path.expanduser(os.path.expandvars(os.fspath(path)))
     if os.path.isdir(text):
         files = sorted(
             os.path.join(text, name)
@@ -88,12 +89,49 @@ def expand_paths(path: str | os.PathLike) -> list[str]:
 
 
 def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+    try:
+        return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot open file ({exc.strerror or exc})", path=path) from None
+
+
+def _read_error(exc: BaseException) -> str | None:
+    """What a reader exception means to the user, or None if it is not a read error.
+
+    ``gzip`` reports a file that is not gzip as ``BadGzipFile``, a truncated
+    one as ``EOFError`` and corrupt compressed data as ``zlib.error``; a disk
+    or network-filesystem failure is an ``OSError``. Each becomes a
+    :class:`DataError` naming the file and the line reached, never a traceback.
+    """
+    if isinstance(exc, gzip.BadGzipFile):
+        return f"not a gzip file ({exc}); rename it without .gz or compress it with gzip"
+    if isinstance(exc, EOFError):
+        return "the gzip file is truncated (it ends before the end of its compressed data)"
+    if isinstance(exc, zlib.error):
+        return f"corrupt gzip data ({exc})"
+    if isinstance(exc, OSError):
+        return f"cannot read file ({exc.strerror or exc})"
+    return None
+
+
+def _lines(fh, path: str) -> Iterator[tuple[int, bytes]]:
+    """``enumerate(fh, 1)`` that turns decompression / IO failures into DataErrors at the line reached."""
+    lineno = 0
+    it = iter(fh)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except (EOFError, zlib.error, OSError) as exc:
+            raise DataError(_read_error(exc), path=path, line=lineno + 1) from None
+        lineno += 1
+        yield lineno, raw
 
 
 def _iter_jsonl(path: str) -> Iterator[RecordAt]:
     with _open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in _lines(fh, path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -114,13 +152,19 @@ def _iter_jsonl(path: str) -> Iterator[RecordAt]:
 
 
 def _iter_json(path: str) -> Iterator[RecordAt]:
-    with _open_binary(path) as fh:
-        head = fh.read(4096)
+    try:
+        with _open_binary(path) as fh:
+            head = fh.read(4096)
+    except (EOFError, zlib.error, OSError) as exc:
+        raise DataError(_read_error(exc), path=path, line=1) from None
     if not head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n").startswith("["):
         yield from _iter_jsonl(path)  # HF `Dataset.to_json` writes JSON lines
         return
-    with _open_binary(path) as fh:
-        raw = fh.read()
+    try:
+        with _open_binary(path) as fh:
+            raw = fh.read()
+    except (EOFError, zlib.error, OSError) as exc:
+        raise DataError(_read_error(exc), path=path) from None
     try:
         data = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
     except UnicodeDecodeError as exc:
@@ -146,7 +190,15 @@ def _iter_parquet(path: str) -> Iterator[RecordAt]:
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise DataError(f"cannot read Parquet file: {exc}", path=path) from None
     row = 0
-    for batch in pfile.iter_batches(batch_size=1024):
+    batches = pfile.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # noqa: BLE001 - a corrupt row group: pyarrow raises several types
+            raise DataError(f"cannot read Parquet data after row {row}: {exc}", path=path, line=row + 1,
+                            unit="row") from None
+        if batch is None:
+            return
         for record in batch.to_pylist():
             row += 1
             yield RecordAt(path, "row", row, record)

@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 _EVAL_FLAGS = {  # flag dest -> EvalConfig key
     "data": "data", "limit": "limit", "reward_model": "reward_model", "reference": "reference",
     "baseline": "baseline", "baseline_responses": "baseline_responses", "max_new_tokens": "max_new_tokens",
@@ -22,15 +20,16 @@ _EVAL_FLAGS = {  # flag dest -> EvalConfig key
 
 
 def _eval_config(args):
-    from hbat.orchestrator.config import ConfigError, _set_dotted, parse_overrides
+    from pydantic import ValidationError
+
+    from hbat.orchestrator.config import ConfigError, _set_dotted, expand_path, parse_overrides, validation_message
     from hbat.orchestrator.evaluation.settings import EvalConfig
+
+    from hbat.orchestrator.config import read_yaml_mapping
 
     tree: dict = {}
     if args.config:
-        p = Path(args.config)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = read_yaml_mapping(args.config, "mapping")
         if "eval" in tree and isinstance(tree["eval"], dict):  # a compare config: use its eval section
             tree = tree["eval"]
     for dest, key in _EVAL_FLAGS.items():
@@ -59,10 +58,13 @@ def _eval_config(args):
         tree["progress"] = False
     for key, value in parse_overrides(args.overrides):
         _set_dotted(tree, key, value)
+    for key in ("data", "reward_model", "reference", "baseline", "baseline_responses"):
+        if isinstance(tree.get(key), str):
+            tree[key] = expand_path(tree[key], key)
     try:
         return EvalConfig.model_validate(tree)
-    except Exception as exc:  # pydantic ValidationError -> one readable message
-        raise ConfigError(f"invalid eval settings: {exc}") from None
+    except ValidationError as exc:  # one line per key, as for training configs
+        raise ConfigError(f"invalid eval settings:\n{validation_message(exc)}") from None
 
 
 def _default_out(model: str) -> Path:
@@ -76,7 +78,12 @@ def _eval(args) -> int:
     from hbat.orchestrator.evaluation.evaluate import evaluate_model
     from hbat.orchestrator.evaluation.report import eval_markdown
 
+    from hbat.orchestrator.config import expand_path
+    from hbat.orchestrator.preflight import check_eval
+
     cfg = _eval_config(args)
+    args.model = expand_path(args.model, "--model")
+    check_eval(args.model, cfg)
     out = Path(args.out) if args.out else _default_out(args.model)
     result = evaluate_model(args.model, cfg, out_dir=out)
     print(eval_markdown(result.to_json()))
@@ -87,7 +94,10 @@ def _eval(args) -> int:
 def _compare(args) -> int:
     from hbat.orchestrator.evaluation.compare import load_compare_config, run_compare
 
+    from hbat.orchestrator.preflight import check_compare
+
     cfg, train_tree = load_compare_config(args.config, args.overrides)
+    check_compare(cfg, train_tree, args.resume, args.overwrite)
     if args.no_progress:
         cfg.eval.progress = False
         train_tree.setdefault("logging", {})["progress"] = False

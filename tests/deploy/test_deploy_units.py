@@ -312,3 +312,125 @@ def test_cli_rejects_bad_input(capsys):
         _parse(["--checkpoint", "x", "--autoscale", "3,1"])
     with pytest.raises(SystemExit):
         _parse(["--checkpoint", "x", "--num-replicas", "2", "--autoscale", "1,2"])
+
+
+# ------------------------------------------------------ memory per request
+def test_prefill_runs_one_prompt_copy_and_keeps_last_logits(engine):
+    """n choices share one prefill of the prompt, whose logits are [1, 1, vocab]; a
+    [n, prompt, vocab] prefill is what made one request exhaust a replica."""
+    calls = []
+    real = engine.model.forward
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((tuple(kwargs["input_ids"].shape), tuple(out.logits.shape)))
+        return out
+
+    engine.model.forward = spy
+    try:
+        prompt = engine.chat_prompt_ids([{"role": "user", "content": "the quick brown fox " * 5}])
+        steps = list(engine.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, n=4, seed=1)))
+    finally:
+        del engine.model.forward
+    assert calls[0] == ((1, len(prompt)), (1, 1, engine.vocab_size))
+    assert all(c == ((4, 1), (4, 1, engine.vocab_size)) for c in calls[1:])
+    assert len(steps) <= 3 and {ev.row for ev in steps[0]} == {0, 1, 2, 3}
+
+
+def test_request_memory_bound_grows_with_the_token_budget(engine):
+    per_token = engine.kv_bytes_per_token()
+    c = engine.model.config
+    assert per_token == 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    small, big = engine.request_memory_bytes(1, 10, 10), engine.request_memory_bytes(8, 10, 10)
+    assert big - small >= 7 * 20 * per_token
+
+
+def test_token_budget_400_429_and_release():
+    import gc
+
+    from hbat.deploy.budget import TokenBudget
+    from hbat.deploy.errors import APIError
+
+    b = TokenBudget(per_request=100, concurrent=150)
+    assert b.check(2, 30, 20, "max_tokens") == 100
+    with pytest.raises(APIError) as e:
+        b.check(2, 30, 21, "max_tokens")
+    assert e.value.status == 400 and e.value.code == "request_tokens_exceeded" and e.value.param == "max_tokens"
+    assert "2 x (30 + 21) = 102" in e.value.message and "limits.max_request_tokens" in e.value.message
+    held = b.reserve(100)
+    with pytest.raises(APIError) as e:
+        b.reserve(60)
+    assert e.value.status == 429 and "limits.max_concurrent_tokens" in e.value.message
+    assert e.value.response().headers["retry-after"] == "1"
+    held.release()
+    held.release()  # idempotent
+    assert b.in_use == 0
+    with b.reserve(150):
+        assert b.in_use == 150
+    assert b.in_use == 0
+
+    async def never_started():
+        yield "x"
+
+    gen = never_started()
+    b.reserve(40).release_with(gen)
+    assert b.in_use == 40
+    del gen
+    gc.collect()
+    assert b.in_use == 0  # a stream the client dropped before it started gives its tokens back
+
+
+def test_unexpected_exception_is_a_json_500():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from hbat.deploy.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise KeyError("oops")
+
+    r = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert err["type"] == "server_error" and err["code"] == "internal_error" and "KeyError" in err["message"]
+
+
+def test_serve_preflight_rejects_before_ray(tmp_path, monkeypatch, capsys):
+    """A missing key variable, a one-slash path that does not exist, an open host without a key."""
+    from hbat.deploy.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HBAT_KEY_NOT_SET", raising=False)
+    assert run(_parse(["--checkpoint", "smollm2-135m", "--api-key-env", "HBAT_KEY_NOT_SET"])) == 2
+    assert "--api-key-env: environment variable HBAT_KEY_NOT_SET is not set" in capsys.readouterr().err
+    assert run(_parse(["--checkpoint", "runs/final"])) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_relative_one_slash_path_that_exists_is_a_path(tiny_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from hbat.deploy.cli import app_specs
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "runs" / "final")
+    monkeypatch.chdir(tmp_path)
+    (spec,) = app_specs(_parse(["--checkpoint", "runs/final"]))
+    assert spec.args["checkpoint"] == str(tmp_path / "runs" / "final")
+
+
+def test_open_host_without_key_warns(tiny_checkpoint, caplog):
+    import logging
+    import socket
+
+    from hbat.orchestrator.preflight import check_serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with caplog.at_level(logging.WARNING):
+        check_serve(_parse(["--checkpoint", tiny_checkpoint, "--host", "0.0.0.0", "--port", str(port)]))
+    assert "without an API key" in caplog.text

@@ -35,6 +35,7 @@ def server(ray_local, tiny_checkpoint, tiny_reward_checkpoint, tmp_path_factory)
         "--model-name", MODEL, "--reward-model-name", "tiny-rm", "--weight-version", "1",
         "--host", "127.0.0.1", "--port", str(port), "--api-key-file", str(key_file),
         "--replica-cpus", "0.25", "--max-tokens", "64", "--max-batch", "8", "--max-body-bytes", "65536",
+        "--max-request-tokens", "400", "--max-concurrent-tokens", "600",
         "--no-blocking",
     ])
     assert cli.run(args) == 0
@@ -328,3 +329,36 @@ def test_reconfigure_swaps_weights(http, client, tiny_checkpoint, tmp_path_facto
     first = [r.choices[0].logprobs.content[0].logprob for r in (before, after)]
     assert first[0] != pytest.approx(first[1], abs=1e-6)  # other weights, other distribution
     handle.reconfigure.remote({"checkpoint": tiny_checkpoint, "weight_version": 1}).result(timeout_s=60)
+
+
+def _budget_request(max_tokens: int = 45, **kw) -> dict:
+    # 5 prompt tokens: n x (prompt + max_tokens) = 8 x 50 = 400, the server's per-request limit
+    return {"model": MODEL, "prompt": [1, 2, 3, 4, 5], "n": 8, "max_tokens": max_tokens, "temperature": 1.0, **kw}
+
+
+def test_token_budget_per_request_is_400(http):
+    e = _error(http.post("/v1/completions", json=_budget_request(46)), 400)
+    assert e["code"] == "request_tokens_exceeded" and e["param"] == "max_tokens"
+    assert "8 x (5 + 46) = 408" in e["message"] and "400" in e["message"]
+    assert http.post("/v1/completions", json=_budget_request(45)).status_code == 200  # exactly at the limit
+    # a chat without max_tokens gets the default shrunk to what the budget allows, not a 400
+    r = _chat(http, {**GOOD, "n": 8, "temperature": 1.0, "logit_bias": {}})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["completion_tokens"] <= 8 * (400 // 8 - usage["prompt_tokens"])
+
+
+def test_token_budget_across_requests_is_429_and_released(http):
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: http.post("/v1/completions", json=_budget_request()), range(6)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) == {200, 429}, codes  # 2 x 400 tokens never fit in 600 at once
+    busy = _error(next(r for r in answers if r.status_code == 429), 429)
+    assert busy["code"] == "token_budget_exhausted" and "limits.max_concurrent_tokens" in busy["message"]
+    # streams give their tokens back too: after one, two more full-size requests run one by one
+    with http.stream("POST", "/v1/completions", json=_budget_request(stream=True)) as r:
+        assert r.status_code == 200 and "[DONE]" in "".join(r.iter_text())
+    for _ in range(2):
+        assert http.post("/v1/completions", json=_budget_request()).status_code == 200

@@ -62,12 +62,13 @@ def test_pairwise_hh_style_implicit_prompt(chatml_tokenizer, h):
     rec = {"chosen": shared + chat(("a", "cats are good")), "rejected": shared + chat(("a", "no"))}
     ds = PairwiseDataset.from_records([rec], chatml_tokenizer)
     _check_pair(chatml_tokenizer, h, ds[0], "cats are good", "no")
-    # identical conversations: the final assistant turn still is the response
+    # identical conversations: the final assistant turn still is the response (a file of only
+    # such pairs is an error -- no preference signal -- so one real pair comes with it)
     same = {"chosen": rec["chosen"], "rejected": rec["chosen"]}
     _check_pair(
         chatml_tokenizer,
         h,
-        PairwiseDataset.from_records([same], chatml_tokenizer)[0],
+        PairwiseDataset.from_records([same, rec], chatml_tokenizer)[0],
         "cats are good",
         "cats are good",
     )
