@@ -14,15 +14,14 @@ resources with ``RolloutActor.options(num_cpus=..., num_gpus=...)``.
 
 from __future__ import annotations
 
-import importlib.util
 
 import ray
 import torch
 
+from hbat.actors.backends import resolve_backend
 from hbat.actors.experience import Experience
 from hbat.actors.sampling import SamplingSettings
 
-BACKENDS = ("auto", "hf", "vllm")
 
 
 def build_experience(
@@ -88,16 +87,6 @@ def build_experience(
         meta=expand(meta),
         weight_version=int(weight_version),
     )
-
-
-def resolve_backend(backend: str) -> str:
-    """``auto`` is vLLM when it is importable and a GPU is visible, else ``hf``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown rollout backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        has_vllm = importlib.util.find_spec("vllm") is not None
-        return "vllm" if has_vllm and torch.cuda.is_available() else "hf"
-    return backend
 
 
 class RolloutWorker:

@@ -21,14 +21,11 @@ or use the transformers backend.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
+from hbat.actors.backends import resolve_backend as shared_resolve
+from hbat.actors.backends import vllm_installed  # noqa: F401 - re-exported (tests, callers)
 from hbat.deploy.settings import PolicyAppArgs
-
-
-def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
 
 
 def _gpus_available() -> bool:
@@ -48,19 +45,12 @@ def _gpus_available() -> bool:
 
 
 def resolve_backend(args: PolicyAppArgs) -> str:
-    """``auto`` -> ``vllm`` when vLLM is installed, GPUs exist and no CPU device was asked for."""
-    if args.backend == "vllm":
-        if not vllm_installed():
-            raise ValueError(
-                "backend 'vllm' needs vLLM (pip install 'hbat[gpu]' on GPU nodes); "
-                "use backend 'transformers' on CPU"
-            )
-        return "vllm"
-    if args.backend == "transformers":
+    """``auto`` -> ``vllm`` when vLLM is installed, the cluster has GPUs and no CPU
+    device was asked for (the shared rule of :func:`hbat.actors.backends.resolve_backend`)."""
+    if args.backend == "auto" and args.device == "cpu":
         return "transformers"
-    if args.device != "cpu" and vllm_installed() and _gpus_available():
-        return "vllm"
-    return "transformers"
+    gpus = _gpus_available() if args.backend == "auto" else None
+    return "vllm" if shared_resolve(args.backend, gpus=gpus) == "vllm" else "transformers"
 
 
 def llm_config_dict(args: PolicyAppArgs) -> dict[str, Any]:

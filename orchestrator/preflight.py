@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from hbat.actors.backends import vllm_installed
 from hbat.orchestrator.config import Config, ConfigError, expand_path
 
 log = logging.getLogger("hbat.preflight")
@@ -156,10 +157,6 @@ def context_length(info: ModelRef | None) -> int | None:
 
 
 # ---------------------------------------------------------------- backends
-def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
 def check_backend(backend: str, key: str) -> None:
     """An explicit vLLM backend needs vLLM in this environment (``auto`` falls back to transformers)."""
     if backend == "vllm" and not vllm_installed():

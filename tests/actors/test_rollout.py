@@ -339,7 +339,7 @@ def test_backend_selection_and_vllm_import_guard(monkeypatch, policy_checkpoint)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_backend("auto") == "hf"
     assert resolve_backend("hf") == "hf"
-    with pytest.raises(ValueError, match="unknown rollout backend"):
+    with pytest.raises(ValueError, match="unknown generation backend"):
         resolve_backend("tgi")
 
 
@@ -445,3 +445,19 @@ def test_rollout_actor_through_ray(ray_local, policy_checkpoint, other_weights, 
         assert ray.get(actor.weight_version.remote()) == 5
     finally:
         ray.kill(actor)
+
+
+def test_one_backend_rule_for_rollout_and_serving():
+    """Rollouts and Serve resolve engines through the same rule (actors/backends.py)."""
+    from hbat.actors.backends import resolve_backend as shared, vllm_installed
+    from hbat.deploy.settings import PolicyAppArgs
+    from hbat.deploy.vllm_backend import resolve_backend as serve
+
+    assert shared("transformers") == shared("hf") == "hf"
+    assert shared("auto", gpus=False) == "hf"
+    assert shared("auto", gpus=True) == ("vllm" if vllm_installed() else "hf")
+    assert serve(PolicyAppArgs(checkpoint="c", backend="auto", device="cpu")) == "transformers"
+    if not vllm_installed():
+        for call in (lambda: shared("vllm"), lambda: serve(PolicyAppArgs(checkpoint="c", backend="vllm"))):
+            with pytest.raises(ValueError, match=r"hbat\[gpu\]"):
+                call()
