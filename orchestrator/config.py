@@ -208,8 +208,10 @@ class PPOConfig(Section):
         return self.ppo_epochs * -(-rollout // self.mini_batch_size)
 
 
-class DPOConfig(Section):
-    """The offline preference loss (DPO, cDPO, IPO, SLiC-HF, point-wise DPO, ULMA).
+class PreferenceLossConfig(Section):
+    """The offline preference phases: their loss (DPO, cDPO, IPO, SLiC-HF,
+    point-wise DPO, ULMA), its options, batch size, budget and optimizer
+    (section ``preference_loss``; ``dpo`` is its deprecated name).
 
     Unset options (``null``) take the loss's own registry default
     (``hbat.objectives.registry``): e.g. ``beta`` is 0.1 for DPO/IPO and 1 for
@@ -334,10 +336,30 @@ class Config(Section):
     sft: SFTConfig = SFTConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     ppo: PPOConfig = PPOConfig()
-    dpo: DPOConfig = DPOConfig()
+    preference_loss: PreferenceLossConfig = PreferenceLossConfig()
     reference: ReferenceConfig = ReferenceConfig()
     ewc: EWCConfig = EWCConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dpo_section_alias(cls, data):
+        """``dpo:`` is the deprecated name of ``preference_loss:`` (it configures
+        IPO, SLiC, ULMA... too). Its keys are merged over ``preference_loss``'s,
+        so an old ``dpo.beta=...`` override still applies to a new config."""
+        if isinstance(data, dict) and "dpo" in data:
+            import warnings
+
+            old = data.get("dpo") or {}
+            new = data.get("preference_loss") or {}
+            if not isinstance(old, dict) or not isinstance(new, dict):
+                return data  # the section's own validation names the bad value
+            warnings.warn("config section 'dpo' is deprecated: use 'preference_loss' (same keys)",
+                          FutureWarning, stacklevel=2)
+            data = {k: v for k, v in data.items() if k != "dpo"}
+            data["preference_loss"] = {**new, **old}
+        return data
 
     @model_validator(mode="after")
     def _data_for_schedule(self):

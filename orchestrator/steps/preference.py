@@ -1,7 +1,7 @@
 """Offline preference phases: the DPO family (DPO, cDPO, IPO, SLiC-HF) on pairs
 and the point-wise losses (point-wise DPO, ULMA) on labelled responses.
 
-The loss comes from the registry (``dpo.loss``); its options are the
+The loss comes from the registry (``preference_loss.loss``); its options are the
 registry's defaults overlaid with what the config sets, resolved once here,
 so every step and the Fisher batches use the same ones.
 """
@@ -22,11 +22,11 @@ def preference_options(cfg: Config) -> dict:
 
     A key the loss does not take is a ConfigError naming it and the valid ones.
     """
-    d = cfg.dpo
+    d = cfg.preference_loss
     try:
         spec = get_preference_loss(d.loss)
     except ValueError as exc:
-        raise ConfigError(f"dpo.loss: {exc}") from None
+        raise ConfigError(f"preference_loss.loss: {exc}") from None
     valid = spec.option_names()
     given = dict(d.options)
     for key in ("beta", "label_smoothing"):
@@ -34,19 +34,19 @@ def preference_options(cfg: Config) -> dict:
             given[key] = getattr(d, key)
     bad = sorted(set(given) - set(valid))
     if bad:
-        where = ", ".join(f"dpo.{k}" if k in ("beta", "label_smoothing") else f"dpo.options.{k}" for k in bad)
-        raise ConfigError(f"{where}: not an option of dpo.loss '{d.loss}' (valid: {', '.join(valid) or 'none'})")
+        where = ", ".join(f"preference_loss.{k}" if k in ("beta", "label_smoothing") else f"preference_loss.options.{k}" for k in bad)
+        raise ConfigError(f"{where}: not an option of preference_loss.loss '{d.loss}' (valid: {', '.join(valid) or 'none'})")
     average = spec.average_logps if d.average_logps is None else d.average_logps
     return {"loss": d.loss, **spec.defaults, **given, "average_logps": average}
 
 
 class PreferenceStep(StepRunner):
     name = "dpo"
-    section = "dpo"
+    section = "preference_loss"
 
     def __init__(self, cfg, data, roles):
         super().__init__(cfg, data, roles)
-        self.spec = get_preference_loss(cfg.dpo.loss)
+        self.spec = get_preference_loss(cfg.preference_loss.loss)
         self.options = preference_options(cfg)
 
     @classmethod
@@ -56,10 +56,10 @@ class PreferenceStep(StepRunner):
             preference_options(cfg)
         except ConfigError as exc:
             return [str(exc)]
-        kind = get_preference_loss(cfg.dpo.loss).kind
+        kind = get_preference_loss(cfg.preference_loss.loss).kind
         key = "pointwise" if kind == "pointwise" else "preference"
         if getattr(cfg.data, key) is None:
-            errors.append(f"dpo.loss '{cfg.dpo.loss}' is {kind}: set data.{key}")
+            errors.append(f"preference_loss.loss '{cfg.preference_loss.loss}' is {kind}: set data.{key}")
         return errors
 
     @property

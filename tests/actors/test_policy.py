@@ -84,7 +84,7 @@ def test_dpo_steps_raise_implicit_reward_accuracy(tiny, pad):
 
 
 def test_slic_uses_its_own_beta_unless_set(tiny, pad):
-    """The registry default (SLiC beta = 1, delta = 1) applies; dpo.beta is not forced on it."""
+    """The registry default (SLiC beta = 1, delta = 1) applies; preference_loss.beta is not forced on it."""
     from hbat.objectives import get_preference_loss
 
     spec = get_preference_loss("slic")

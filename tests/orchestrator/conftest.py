@@ -39,7 +39,7 @@ def make_tree(tiny_checkpoint, tiny_reward_checkpoint, demo_files, tmp_path):
             "resources": {"torch_threads": 1},
             "schedule": {"name": schedule, "preference": preference, "rounds": 2},
             "sft": {"batch_size": 2, "steps_per_phase": 2, "optim": {"lr": 1e-3}},
-            "dpo": {"batch_size": 2, "steps_per_phase": 2, "optim": {"lr": 1e-3}},
+            "preference_loss": {"batch_size": 2, "steps_per_phase": 2, "optim": {"lr": 1e-3}},
             "ppo": {
                 "prompts_per_step": 2,
                 "samples_per_prompt": 2,

@@ -71,7 +71,7 @@ def tree(make_tree, tmp_path):
     # lands after a mid-phase checkpoint and the resume continues inside a phase
     return make_tree("hbat", "dpo", name="resumable", **{
         "run.output_dir": str(tmp_path / "killed"), "run.checkpoint_every": 1,
-        "sft.steps_per_phase": 3, "dpo.steps_per_phase": 4,
+        "sft.steps_per_phase": 3, "preference_loss.steps_per_phase": 4,
     })
 
 

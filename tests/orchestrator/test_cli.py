@@ -61,9 +61,9 @@ def _train(capsys, config: str, *args: str) -> tuple[int, str]:
         (["schedule.name=hbatt"], ["schedule.name", "hbatt"]),
         (["ewc.normalize=median"], ["ewc.normalize", "median"]),
         (["ppo.advantage=grpo", "ppo.samples_per_prompt=1"], ["samples_per_prompt >= 2"]),
-        (["dpo.loss=dpoo"], ["dpo.loss", "dpoo", "valid names", "ipo"]),
+        (["preference_loss.loss=dpoo"], ["preference_loss.loss", "dpoo", "valid names", "ipo"]),
         (["schedule.rounds=100"], ["data.sft", "cannot be split", "rounds=100"]),
-        (["dpo.loss=ulma"], ["ulma", "pointwise", "data.pointwise"]),
+        (["preference_loss.loss=ulma"], ["ulma", "pointwise", "data.pointwise"]),
         (["sft.batch_size"], ["not of the form key=value"]),
     ],
     ids=["unknown-key", "bad-value", "bad-schedule", "bad-literal", "grpo-groups", "bad-loss", "too-few-records",
@@ -111,7 +111,7 @@ def test_bad_data_names_file_line_field(no_ray, config_file, make_tree, demo_fil
     bad.write_text("".join(json.dumps(r) + "\n" for r in records + good))
     overrides = {f"data.{file_key}": str(bad)}
     if file_key == "pointwise":
-        overrides.update({"dpo.loss": "ulma", "data.preference": None})
+        overrides.update({"preference_loss.loss": "ulma", "data.preference": None})
     code, err = _train(capsys, config_file(make_tree("hbat", "dpo", **overrides)))
     assert code == 2, err
     assert str(bad) in err and f"line {line}" in err and repr(field) in err, err

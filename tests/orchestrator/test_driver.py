@@ -28,9 +28,9 @@ def test_ppo_schedule_counts_epochs_and_minibatches(make_tree):
 
 
 def test_joint_gets_hbat_budget(make_tree):
-    tree = make_tree("joint", "dpo", **{"sft.steps_per_phase": 3, "dpo.steps_per_phase": 1,
-                                       "sft.batch_size": 4, "dpo.batch_size": 4,
-                                       "sft.optim": {"lr": 4e-5}, "dpo.optim": {"lr": 1e-6}})
+    tree = make_tree("joint", "dpo", **{"sft.steps_per_phase": 3, "preference_loss.steps_per_phase": 1,
+                                       "sft.batch_size": 4, "preference_loss.batch_size": 4,
+                                       "sft.optim": {"lr": 4e-5}, "preference_loss.optim": {"lr": 1e-6}})
     d = _driver(tree)
     s = d.phase_setup(d.plan[0])
     assert s.steps == 4  # 3 SFT + 1 preference steps, as an hbat round

@@ -100,7 +100,7 @@ def phase_budget(cfg, phase) -> int:
         return phase.steps
     if phase.kind == "sft":
         return cfg.sft.steps_per_phase
-    pref = cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.dpo.steps_per_phase
+    pref = cfg.ppo.steps_per_phase if cfg.schedule.preference == "ppo" else cfg.preference_loss.steps_per_phase
     # joint carries its round's instruction budget as well (same optimizer steps as hbat)
     return pref + cfg.sft.steps_per_phase if phase.joint_budget else pref
 
@@ -159,12 +159,12 @@ def check_losses(res: RunResult) -> None:
 
 
 DPO_CASES = [
-    ("hbat", {"dpo.loss": "dpo"}),
-    ("alternating", {"dpo.loss": "ipo"}),
-    ("two_stage", {"dpo.loss": "slic", "schedule.sft_warmup_steps": 1}),  # with the optional SFT warm-up stage
-    ("ptx", {"dpo.loss": "cdpo"}),
+    ("hbat", {"preference_loss.loss": "dpo"}),
+    ("alternating", {"preference_loss.loss": "ipo"}),
+    ("two_stage", {"preference_loss.loss": "slic", "schedule.sft_warmup_steps": 1}),  # with the optional SFT warm-up stage
+    ("ptx", {"preference_loss.loss": "cdpo"}),
     # point-wise ULMA: learns from labelled single responses (data.pointwise), no pairs
-    ("joint", {"dpo.loss": "ulma", "data.pointwise": "POINTWISE", "data.preference": None}),
+    ("joint", {"preference_loss.loss": "ulma", "data.pointwise": "POINTWISE", "data.preference": None}),
     ("sft_only", {}),
 ]
 
@@ -175,11 +175,11 @@ _cache: dict[str, RunResult] = {}
 def dpo_hbat_run(ray_local, make_tree):
     """The DPO HBAT run, shared by the schedule test and the order/shard test."""
     if "hbat" not in _cache:
-        _cache["hbat"] = run_schedule(make_tree("hbat", "dpo", **{"dpo.loss": "dpo"}))
+        _cache["hbat"] = run_schedule(make_tree("hbat", "dpo", **{"preference_loss.loss": "dpo"}))
     return _cache["hbat"]
 
 
-@pytest.mark.parametrize("schedule,overrides", DPO_CASES, ids=[f"{s}-{o.get('dpo.loss', 'none')}" for s, o in DPO_CASES])
+@pytest.mark.parametrize("schedule,overrides", DPO_CASES, ids=[f"{s}-{o.get('preference_loss.loss', 'none')}" for s, o in DPO_CASES])
 def test_dpo_schedule_end_to_end(ray_local, make_tree, demo_files, request, schedule, overrides):
     if schedule == "hbat":
         res = request.getfixturevalue("dpo_hbat_run")
@@ -188,7 +188,7 @@ def test_dpo_schedule_end_to_end(ray_local, make_tree, demo_files, request, sche
         res = run_schedule(make_tree(schedule, "dpo", **overrides))
     check_common(res)
     check_losses(res)
-    if res.cfg.dpo.loss == "ulma":
+    if res.cfg.preference_loss.loss == "ulma":
         rows = [r for r in res.step_rows() if "pref/loss" in r]
         assert rows and res.cfg.data.preference is None  # learned from point-wise labels alone
     if res.cfg.schedule.sft_warmup_steps:

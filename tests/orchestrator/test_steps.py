@@ -16,10 +16,10 @@ from hbat.orchestrator.steps import PREFERENCE_STEPS, StepRunner, register_step
 
 
 class SFTOnChosen(StepRunner):
-    """Preference phases that imitate the chosen answers (uses the ``dpo`` section's budget)."""
+    """Preference phases that imitate the chosen answers (uses the ``preference_loss`` section's budget)."""
 
     name = "sft_on_chosen"
-    section = "dpo"
+    section = "preference_loss"
 
     @property
     def data_key(self) -> str:
@@ -63,7 +63,7 @@ def test_a_registered_toy_algorithm_runs_in_hbat(ray_local, make_tree, toy_regis
         d.shutdown()
     rows = [r for r in read_metrics(cfg.run_dir()) if "time/step_s" in r]
     pref = [r for r in rows if r["phase"].startswith("preference")]
-    assert len(pref) == 2 * cfg.dpo.steps_per_phase and summary["phases"] == 4
+    assert len(pref) == 2 * cfg.preference_loss.steps_per_phase and summary["phases"] == 4
     assert all("sft/loss" in r and "pref/loss" not in r for r in pref)
     assert all("ewc/penalty" in r for r in pref)  # HBAT's anchors apply to the new algorithm unchanged
     # the chosen answers' NLL falls over the preference phases (it learns them)
