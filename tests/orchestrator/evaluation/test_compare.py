@@ -83,3 +83,19 @@ def test_cluster_recipe_config_is_valid():
         train_cfg = comparison._train_config(spec, cfg.seeds[0], reward="<shared>")
         assert train_cfg.model.policy == "Qwen/Qwen2.5-7B-Instruct" and train_cfg.rollout.backend == "vllm"
         assert train_cfg.schedule.name == spec.schedule and train_cfg.schedule.rounds == 10
+
+
+def test_compare_runs_both_ewc_variants_side_by_side(make_tree, tmp_path):
+    """The paper's EWC (``modified``) and the authors' code (``modified_code``) as two
+    methods of one comparison: each method's training config carries its variant."""
+    from hbat.orchestrator.evaluation.compare import CompareConfig, Comparison
+
+    cfg = CompareConfig(output_dir=str(tmp_path / "cmp"), baseline=None, include_start=False, contrasts=[],
+                        methods=["hbat-dpo", {"name": "hbat-code-dpo", "schedule": "hbat", "preference": "dpo",
+                                              "overrides": {"ewc.method": "modified_code"}}])
+    comparison = Comparison(cfg, make_tree("hbat", "dpo"))
+    paper, code = (comparison._train_config(s, 0, None) for s in comparison.specs)
+    assert (paper.ewc.method, code.ewc.method) == ("modified", "modified_code")
+    assert (paper.ewc.resolved_max_weight, code.ewc.resolved_max_weight) == (1.0, 100.0)  # the code's default
+    assert code.ewc.resolved_normalize == "scaled_softmax" and code.ewc.accumulate
+    assert paper.run_dir() != code.run_dir()
