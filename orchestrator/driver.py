@@ -39,6 +39,8 @@ from hbat.orchestrator.data import (
     collate_pairwise,
     collate_pointwise,
     collate_sft,
+    curriculum_batch,
+    curriculum_order,
 )
 from hbat.orchestrator.metrics import MetricsLogger
 from hbat.orchestrator.placement import Placement
@@ -79,6 +81,9 @@ class Driver:
         except ValueError as exc:
             raise ConfigError(f"dpo.loss: {exc}") from None
         self.pref_options = self._preference_options()
+        if self.cfg.dpo.curriculum != "none" and self.pref_spec.kind != "pairwise":
+            raise ConfigError(f"dpo.curriculum '{self.cfg.dpo.curriculum}' orders pairs; dpo.loss "
+                              f"'{self.cfg.dpo.loss}' is {self.pref_spec.kind}")
         for path in self.cfg.reward_model.rule_rewards:
             try:
                 load_rule(path)
@@ -124,6 +129,7 @@ class Driver:
                     on_overlong=d.on_overlong, limit=d.limit)
         self.sft = SFTDataset.from_file(d.sft, self.tokenizer, **opts) if d.sft else None
         self.pairs = PairwiseDataset.from_file(d.preference, self.tokenizer, **opts) if d.preference else None
+        self.dpo_pairs = curriculum_order(self.pairs, c.dpo.curriculum)  # easy to hard before sharding, or as is
         self.points = PointwiseDataset.from_file(d.pointwise, self.tokenizer, **opts) if d.pointwise else None
         self.prompts = PromptDataset.from_file(d.prompts, self.tokenizer, **opts) if d.prompts else None
         self.eval_sft = SFTDataset.from_file(d.eval_sft, self.tokenizer, **opts) if d.eval_sft else None
@@ -272,7 +278,7 @@ class Driver:
         elif c.schedule.preference == "ppo":
             data, bs, fixed, optim = self._shard(self.prompts, phase), c.ppo.prompts_per_step, c.ppo.steps_per_phase, c.ppo.optim
         else:
-            ds = self.points if self.pref_spec.kind == "pointwise" else self.pairs
+            ds = self.points if self.pref_spec.kind == "pointwise" else self.dpo_pairs
             data, bs, fixed, optim = self._shard(ds, phase), c.dpo.batch_size, c.dpo.steps_per_phase, c.dpo.optim
         steps = phase.steps if phase.steps is not None else (fixed or max(1, -(-len(data) // bs)))
         return PhaseSetup(data, bs, steps, optim, c.sft.batch_size)
@@ -303,6 +309,12 @@ class Driver:
             perm2 = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed * 1000 + phase_index * 31 + epoch + 1))
             idx += perm2[: bs - len(idx)].tolist()
         return idx
+
+    def _step_indices(self, phase: Phase, n: int, bs: int, phase_index: int, step: int, steps: int) -> list[int]:
+        """A step's examples: seeded random, or a curriculum window for DPO-family phases."""
+        if phase.kind == "preference" and self.cfg.schedule.preference == "dpo" and self.cfg.dpo.curriculum != "none":
+            return curriculum_batch(n, bs, step, steps)
+        return self._batch_indices(n, bs, phase_index, step)
 
     def _refresh_reference(self) -> None:
         """The reference becomes the current policy (``reference.refresh``)."""
@@ -335,7 +347,7 @@ class Driver:
             while self.state.step_in_phase < total:
                 step = self.state.step_in_phase
                 t = time.time()
-                idx = self._batch_indices(len(data), bs, index, step)
+                idx = self._step_indices(phase, len(data), bs, index, step, total)
                 examples = [data[i] for i in idx]
                 if phase.kind == "sft":
                     stats = ray.get(self.policy.first("train_step", [LossPart("sft", collate_sft(examples, self.pad_id))]))
