@@ -39,7 +39,9 @@ def derive_model(spec: dict, out: str | Path) -> str:
     if marker.exists():
         if json.loads(marker.read_text()).get("derive") == spec:
             return str(out)
-        raise ValueError(f"{out} holds a model derived differently ({marker}); use a new output_dir")
+        from hbat.orchestrator.config import ConfigError
+
+        raise ConfigError(f"{out} holds a model derived differently ({marker}); use a new output_dir")
     model = load_causal_lm(spec["base"], dtype="float32", device="cpu")
     tokenizer = load_tokenizer(spec["base"])
     with torch.no_grad():

@@ -70,9 +70,9 @@ class PairStore:
     # ------------------------------------------------------------ commit
     def commit(self, rows: dict[str, list[dict]], done: list[tuple[str, str]], per_strategy: dict[str, int]) -> None:
         """Append one batch's rows and mark its (prompt_id, strategy) units done (the commit point)."""
-        fresh = [d for d in done if d in self.done]
-        if fresh:
-            raise RuntimeError(f"units already done: {fresh[:3]}")
+        again = [d for d in done if d in self.done]
+        if again:  # the builder never asks for this; refuse rather than write a duplicate
+            raise RuntimeError(f"units already done: {again[:3]}")
         sizes = {}
         for k in DATA_FILES:
             with open(self.paths[k], "ab") as fh:

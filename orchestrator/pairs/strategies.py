@@ -128,6 +128,12 @@ def with_system(prompt: str | Messages, text: str) -> Messages:
 
 
 class Strategy:
+    """A contrast recipe: which generations a prompt needs, and which side of each pair is expected better.
+
+    ``stages`` > 1 when a generation depends on an earlier one (refine: the
+    refinement needs the draft); ``requests`` then sees the earlier outputs.
+    """
+
     name: ClassVar[str]
     level: ClassVar[Literal["prompt", "model", "pipeline"]]
     Options: ClassVar[type[StrategyOptions]]
@@ -303,7 +309,6 @@ class LeaderboardContrast(Strategy):
         combos = list(itertools.combinations(range(len(r)), 2))
         self._sets = {"adjacent": [(i, i + 1) for i in range(len(r) - 1)], "extremes": [(0, len(r) - 1)],
                       "all": combos, "cycle": combos}
-        self._count = 0
 
     def model_names(self):
         return list(self.opts.ranking)
