@@ -334,3 +334,28 @@ def test_bad_input_exits_2_before_models_load(no_models, build_tree, tmp_path, c
     for piece in expected:
         assert piece in err, (piece, err)
     assert not (Path(tree["output_dir"]) / "pairs.jsonl").exists()
+
+
+def test_store_cuts_an_uncommitted_batch_and_a_torn_journal_line(tmp_path):
+    """The commit protocol on its own: rows written after the last journal line, or under a torn journal
+    line, are cut on reopening; committed rows and the done-set survive."""
+    from hbat.orchestrator.pairs.store import PairStore
+
+    store = PairStore(tmp_path)
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    store.commit({"pairs": [row], "pointwise": []}, [("p1", "prefix")], {"prefix": 1})
+    committed = (tmp_path / "pairs.jsonl").read_bytes()
+    with open(tmp_path / "pairs.jsonl", "a") as fh:  # a batch killed before its journal line
+        fh.write(json.dumps(row) + "\n" + '{"prompt": "to')
+    with open(tmp_path / "done.jsonl", "a") as fh:
+        fh.write('{"done": [["p2", "prefix"]], "bytes": {"pai')
+    again = PairStore(tmp_path)
+    assert (tmp_path / "pairs.jsonl").read_bytes() == committed
+    assert again.done == {("p1", "prefix")} and again.counts == {"prefix": 1}
+    assert again.recovered_bytes > 0
+    with pytest.raises(RuntimeError, match="already done"):
+        again.commit({"pairs": [row]}, [("p1", "prefix")], {"prefix": 1})
+    again.commit({"pairs": [row, row], "pointwise": [row]}, [("p2", "prefix")], {"prefix": 2})
+    third = PairStore(tmp_path)
+    assert len(_read_jsonl(tmp_path / "pairs.jsonl")) == 3 and len(_read_jsonl(tmp_path / "pointwise.jsonl")) == 1
+    assert third.done == {("p1", "prefix"), ("p2", "prefix")} and third.recovered_bytes == 0
