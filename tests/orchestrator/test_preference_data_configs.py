@@ -80,3 +80,18 @@ def test_compare_popalign_config_validates(monkeypatch):
         popalign = "popalign" in spec.name
         assert t.data.preference.endswith("popalign_demo/pairs.jsonl") == popalign
         assert t.dpo.curriculum == ("strength_gap" if "curriculum" in spec.name else "none")
+
+
+def test_popalign_demo_config_selects_all_six_strategies(monkeypatch):
+    from hbat.orchestrator.pairs import STRATEGY_NAMES, load_build_config
+    from hbat.orchestrator.pairs.builder import check_sources, load_prompts
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_build_config("configs/popalign_demo.yaml")
+    assert cfg.selected() == list(STRATEGY_NAMES)
+    prompts, _ = load_prompts(cfg)
+    assert len(prompts) >= 16 and all("reference" in p.meta for p in prompts)
+    check_sources(cfg)
+    # the weaker models are derived from the embedded one: fewer layers, and noised weights
+    assert cfg.models["small"].derive.keep_layers and cfg.models["noisy"].derive.noise
+    assert cfg.strategies.leaderboard.ranking == ["base", "noisy", "small"]
