@@ -1,4 +1,4 @@
-"""``hbat`` command line: train, train-rm, generate, make-demo-data, eval, compare, serve."""
+"""``hbat`` command line: train, train-rm, build-pairs, generate, make-demo-data, eval, compare, serve."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def _generate(args) -> int:
     return 0
 
 
+def _build_pairs(args) -> int:
+    from hbat.orchestrator.pairs import build_pairs, load_build_config
+
+    cfg = load_build_config(args.config, args.overrides)
+    if args.no_progress:
+        cfg.progress = False
+    print(json.dumps(build_pairs(cfg, overwrite=args.overwrite), indent=2))
+    return 0
+
+
 def _make_demo(args) -> int:
     from hbat.orchestrator.demo_data import make_demo_data
 
@@ -71,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", required=True)
     r.add_argument("overrides", nargs="*")
     r.set_defaults(func=_train, train_rm_only=True, resume=False, overwrite=False)
+
+    b = sub.add_parser("build-pairs", help="preference pairs by contrast (PopAlign's six strategies), resumable")
+    b.add_argument("--config", required=True, help="build-pairs YAML (see configs/popalign_demo.yaml)")
+    b.add_argument("--overwrite", action="store_true", help="discard what output_dir holds and start afresh")
+    b.add_argument("--no-progress", dest="no_progress", action="store_true")
+    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=runs/pairs limit=16")
+    b.set_defaults(func=_build_pairs)
 
     g = sub.add_parser("generate", help="generate answers with a model or checkpoint")
     g.add_argument("--model", default="smollm2-135m")

@@ -219,9 +219,15 @@ class PreferenceLossConfig(Section):
     ``reg_weight``); ``average_logps`` uses per-token mean instead of summed
     response log-probs (null: the registry's choice -- true for IPO as in
     TRL, false otherwise).
+
+    ``curriculum`` orders pairwise data from easy to hard across the
+    preference phases' shards and steps (``hbat.orchestrator.data.curriculum``):
+    by the record's ``strength_gap`` or ``score_gap`` (as ``hbat build-pairs``
+    writes them); ``none`` keeps the seeded random batches.
     """
 
     loss: str = "dpo"  # a name from hbat.objectives registry
+    curriculum: Literal["none", "strength_gap", "score_gap"] = "none"
     beta: float | None = Field(None, gt=0)
     label_smoothing: float | None = Field(None, ge=0, lt=0.5)
     average_logps: bool | None = None

@@ -5,6 +5,9 @@ demonstrations answer tersely ("12."), while the preference pairs prefer a
 warm, wordy style ("Great question! 7 plus 5 is 12. Happy to help!") and,
 within that style, a correct answer over a wrong one. SFT alone drifts to
 terse answers, PPO/DPO alone to chatty ones: a schedule has to balance them.
+``pointwise.jsonl`` labels each pair's two answers 1 / 0 (binary);
+``pointwise_graded.jsonl`` grades four answers per question in [0, 1]
+(continuous labels for point-wise DPO and ULMA).
 """
 
 from __future__ import annotations
@@ -72,12 +75,36 @@ def make_demo_data(out_dir: str | Path, seed: int = 1234, n_sft: int = 256, n_pa
         q, terse, full, _ = _question(rng)
         files["eval_sft"].append({"prompt": q, "response": terse})
         files["eval_prompts"].append({"prompt": q, "reference": terse.rstrip(".")})
+    files["pointwise_graded"] = _graded(random.Random(seed + 1), n_pairs // 4)
     paths = {}
     for name, rows in files.items():
         p = out / f"{name}.jsonl"
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         paths[name] = p
     return paths
+
+
+# continuous labels for point-wise DPO / ULMA: the demo preference's order, graded
+GRADES = {"warm_correct": 1.0, "terse_correct": 0.5, "warm_wrong": 0.15, "terse_wrong": 0.0}
+
+
+def _upper_first(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _graded(rng: random.Random, n_questions: int) -> list[dict]:
+    """Four answers per question with labels in [0, 1]: warm and correct best, terse and wrong worst.
+
+    Its own random stream (after the other files), so the older files stay byte-identical.
+    """
+    rows = []
+    for _ in range(n_questions):
+        q, terse, full, wrong = _question(rng)
+        answers = {"warm_correct": _warm(rng, full), "terse_correct": terse, "warm_wrong": _warm(rng, wrong),
+                   "terse_wrong": _upper_first(wrong.rsplit(" is ", 1)[-1])}
+        for kind in rng.sample(list(answers), len(answers)):
+            rows.append({"prompt": q, "response": answers[kind], "label": GRADES[kind]})
+    return rows
 
 
 def contains_reference(prompt: str, response: str, meta: dict) -> float:

@@ -235,8 +235,8 @@ class Driver:
                   disable=not c.logging.progress) as pbar:
             while self.state.step_in_phase < setup.steps:
                 step, t = self.state.step_in_phase, time.time()
-                stats = runner.step(self._batch(setup.data, setup.batch_size, index, step),
-                                    StepContext(index, step, mix_for))
+                idx = runner.step_indices(len(setup.data), setup.batch_size, index, step, setup.steps)
+                stats = runner.step([setup.data[i] for i in idx], StepContext(index, step, mix_for))
                 stats["time/step_s"] = time.time() - t
                 self.state.step_in_phase += 1
                 self.state.global_step += 1

@@ -16,7 +16,8 @@ end-of-turn token; the loss mask covers response tokens only (every assistant
 turn of a multi-turn conversation by default, ``assistant_loss="last"`` for
 the final one only). Every record is validated up front; a bad one raises
 :class:`DataError` naming file, line and field. See the module docstrings of
-``records``, ``schema``, ``tokenize``, ``datasets`` and ``collate``.
+``records``, ``schema``, ``tokenize``, ``datasets``, ``collate`` and
+``curriculum`` (the DPO data curriculum, easy to hard).
 """
 
 from hbat.orchestrator.data.collate import (
@@ -27,6 +28,7 @@ from hbat.orchestrator.data.collate import (
     collate_sft,
     pad_sequences,
 )
+from hbat.orchestrator.data.curriculum import CURRICULA, curriculum_batch, curriculum_order
 from hbat.orchestrator.data.datasets import (
     DATASET_KINDS,
     PairwiseDataset,
@@ -41,6 +43,7 @@ from hbat.orchestrator.data.records import expand_paths, iter_records, read_reco
 from hbat.orchestrator.data.tokenize import Renderer, encode_pieces, fit_lengths, fit_prompt
 
 __all__ = [
+    "CURRICULA",
     "DATASET_KINDS",
     "DataError",
     "PairwiseDataset",
@@ -54,6 +57,8 @@ __all__ = [
     "collate_pointwise",
     "collate_prompts",
     "collate_sft",
+    "curriculum_batch",
+    "curriculum_order",
     "encode_pieces",
     "expand_paths",
     "fit_lengths",

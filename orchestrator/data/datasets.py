@@ -348,6 +348,11 @@ class TokenizedDataset(Sequence):
         path, unit, number = self._origins[index]
         return f"{path}, {unit} {number}"
 
+    def source_of(self, index: int) -> tuple[str, str, int]:
+        """``(path, unit, number)`` of example ``index``'s source record (the DPO
+        curriculum reads its gap fields there)."""
+        return self._origins[index]
+
     # --------------------------------------------------------- sub-datasets
     def select(self: D, indices: Iterable[int]) -> D:
         """A dataset of the given examples, in the given order."""

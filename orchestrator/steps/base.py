@@ -21,7 +21,7 @@ from typing import ClassVar
 from hbat.actors.policy import LossPart
 from hbat.orchestrator.config import Config, ConfigError, OptimConfig
 from hbat.orchestrator.roles import Roles
-from hbat.orchestrator.run_data import RunData
+from hbat.orchestrator.run_data import RunData, batch_indices
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ class StepRunner(ABC):
     @property
     def optim(self) -> OptimConfig:
         return self.settings.optim
+
+    def step_indices(self, n: int, bs: int, phase_index: int, step: int, steps: int) -> list[int]:
+        """Which ``bs`` of the phase's ``n`` records step ``step`` of ``steps`` trains on
+        (default: seeded random batches, the same on resume)."""
+        return batch_indices(self.cfg.run.seed, n, bs, phase_index, step)
 
     def optimizer_steps(self, steps: int, batch_size: int) -> int:
         """Optimizer steps that ``steps`` of its steps on ``batch_size`` records make (LR schedules count these)."""

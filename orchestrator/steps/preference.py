@@ -13,7 +13,7 @@ import ray
 from hbat.actors.policy import LossPart
 from hbat.objectives import get_preference_loss
 from hbat.orchestrator.config import Config, ConfigError
-from hbat.orchestrator.data import collate_pairwise, collate_pointwise, collate_sft
+from hbat.orchestrator.data import collate_pairwise, collate_pointwise, collate_sft, curriculum_batch, curriculum_order
 from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
 
 
@@ -56,15 +56,32 @@ class PreferenceStep(StepRunner):
             preference_options(cfg)
         except ConfigError as exc:
             return [str(exc)]
-        kind = get_preference_loss(cfg.preference_loss.loss).kind
+        p = cfg.preference_loss
+        kind = get_preference_loss(p.loss).kind
         key = "pointwise" if kind == "pointwise" else "preference"
         if getattr(cfg.data, key) is None:
-            errors.append(f"preference_loss.loss '{cfg.preference_loss.loss}' is {kind}: set data.{key}")
+            errors.append(f"preference_loss.loss '{p.loss}' is {kind}: set data.{key}")
+        if p.curriculum != "none" and kind != "pairwise":
+            errors.append(f"preference_loss.curriculum '{p.curriculum}' orders pairs; preference_loss.loss "
+                          f"'{p.loss}' is {kind}")
         return errors
 
     @property
     def data_key(self) -> str:
         return "pointwise" if self.spec.kind == "pointwise" else "preference"
+
+    def dataset(self):
+        """Its data; with ``preference_loss.curriculum`` the pairs sorted easy to hard
+        before the schedule shards them (``orchestrator/data/curriculum.py``)."""
+        if not hasattr(self, "_ordered"):
+            self._ordered = curriculum_order(super().dataset(), self.cfg.preference_loss.curriculum)
+        return self._ordered
+
+    def step_indices(self, n, bs, phase_index, step, steps):
+        """A curriculum walks its window from the easy to the hard end of the shard."""
+        if self.cfg.preference_loss.curriculum != "none":
+            return curriculum_batch(n, bs, step, steps)
+        return super().step_indices(n, bs, phase_index, step, steps)
 
     def part(self, examples: list[dict]) -> LossPart:
         """A collated preference batch with its reference log-probs and the loss's resolved options."""
