@@ -109,8 +109,33 @@ class RoleResources(Section):
     replicas: int = Field(1, ge=1)
 
 
+class FSDPConfig(Section):
+    """How a trainable role's worker group shards its model (PyTorch FSDP2).
+
+    ``enabled``: ``auto`` shards a role that has more than one replica (its
+    ranks form one ``torch.distributed`` group: gloo on CPU, NCCL on GPU);
+    ``true`` shards even one replica (a world-size-1 group, e.g. to use CPU
+    offload); ``false`` refuses ``replicas > 1`` for trainable roles.
+    ``cpu_offload``: parameters, gradients and optimizer state live on the
+    host and stream to the device per layer (FSDP2 ``CPUOffloadPolicy``).
+    ``reshard_after_forward``: free the gathered layer after its forward
+    (ZeRO-3, least memory) or keep it for the backward (ZeRO-2-like, less
+    communication).
+    """
+
+    enabled: Literal["auto"] | bool = "auto"
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True
+
+
 class ResourcesConfig(Section):
-    """Placement: one placement-group bundle per colocation group (docs/architecture.md §5)."""
+    """Placement: one placement-group bundle per colocation group (docs/architecture.md §5).
+
+    A trainable role (policy, critic) with ``replicas: N`` is one data-parallel
+    worker group of N ranks sharded with FSDP2 (``fsdp``); the frozen roles
+    (reference, reward, rollout) with ``replicas: N`` each score or sample a
+    slice of every batch.
+    """
 
     address: str | None = None  # None -> local Ray
     num_cpus: int | None = None  # for local Ray
@@ -122,6 +147,8 @@ class ResourcesConfig(Section):
     colocate: list[list[Literal["policy", "reference", "reward", "critic", "rollout"]]] = []
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     torch_threads: int = Field(2, ge=1)
+    fsdp: FSDPConfig = FSDPConfig()
+    gpu_memory_gb: float | None = Field(None, gt=0)  # per device, for `hbat plan` (null: 80)
 
     @model_validator(mode="after")
     def _colocate_once(self):
@@ -142,6 +169,9 @@ class OptimConfig(Section):
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float = Field(1.0, gt=0)
     grad_accum: int = Field(1, ge=1)
+    # micro-batch by tokens: a rank's share of a batch is split so that no
+    # micro-batch holds more than this many (padded) tokens; at least grad_accum
+    max_tokens_per_micro: int | None = Field(None, gt=0)
 
 
 class SFTConfig(Section):
@@ -264,6 +294,9 @@ class EWCConfig(Section):
     fisher_batches: int = Field(4, gt=0)
     fisher_loss: Literal["phase", "sft"] = "phase"
     lora_penalty: Literal["delta", "factors"] = "delta"
+    # anchors stay in host memory and visit the device tensor by tensor for the
+    # penalty (less device memory, a host-to-device copy per step)
+    offload_anchors: bool = False
 
     @property
     def resolved_normalize(self) -> str:
@@ -381,6 +414,34 @@ class Config(Section):
         if d.max_prompt_len >= d.max_len:
             raise ValueError("data.max_prompt_len must be smaller than data.max_len")
         return self
+
+    @model_validator(mode="after")
+    def _worker_groups(self):
+        """What a data-parallel (sharded) trainable role needs: every batch it
+        trains on splits into at least one row (pair) per rank."""
+        r = self.resources
+        for role in ("policy", "critic"):
+            n = getattr(r, role).replicas
+            if n > 1 and r.fsdp.enabled is False:
+                raise ValueError(f"resources.{role}.replicas={n} needs resources.fsdp.enabled auto or true "
+                                 "(a trainable role's replicas are the ranks of one sharded worker group)")
+        if self.model.lora is not None and self.sharded("policy"):
+            raise ValueError("model.lora with a sharded policy (resources.policy.replicas > 1 or "
+                             "resources.fsdp.enabled: true) is not supported yet: use full fine-tuning or one replica")
+        n = r.policy.replicas
+        if n > 1:
+            sizes = {"sft.batch_size": self.sft.batch_size, "preference_loss.batch_size": self.preference_loss.batch_size,
+                     "ppo.mini_batch_size": self.ppo.mini_batch_size}
+            small = [f"{k}={v}" for k, v in sizes.items() if v < n]
+            if small:
+                raise ValueError(f"{', '.join(small)} < resources.policy.replicas={n}: every rank of the policy "
+                                 "group needs at least one row (pair) of each batch")
+        return self
+
+    def sharded(self, role: str) -> bool:
+        """Whether ``role``'s worker group shards its model with FSDP2."""
+        e = self.resources.fsdp.enabled
+        return e is True or (e == "auto" and getattr(self.resources, role).replicas > 1)
 
     @property
     def reward_uses_model(self) -> bool:
