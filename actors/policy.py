@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hbat.actors.distributed import full, local
 from hbat.actors.experience import Experience
+from hbat.actors.gathered_export import export_gathered
+from hbat.actors.trainer import ShardedTrainer
 from hbat.actors.training import (
     build_optimizer,
-    clip_and_step,
     optim_config,
-    rng_state,
     set_rng_state,
     setup_actor,
     split_micro,
@@ -28,14 +29,12 @@ from hbat.actors.training import (
 )
 from hbat.actors.rollout_hf import merged_state_dict
 from hbat.models import load_causal_lm, load_tokenizer, save_checkpoint
-from hbat.models.atomic import atomic_torch_save
 from hbat.models.precision import precision as get_precision
-from hbat.orchestrator.config import EWCConfig, LoraConfig, OptimConfig
+from hbat.orchestrator.config import EWCConfig, FSDPConfig, LoraConfig, OptimConfig
 from hbat.objectives import (
     AUTHORS_CODE_SCALE,
     EWCAnchor,
     entropy_from_logits,
-    fisher_importance,
     get_preference_loss,
     masked_mean,
     ppo_policy_loss,
@@ -43,8 +42,8 @@ from hbat.objectives import (
     sft_loss,
     tempered_logits,
     token_logprobs,
-    trainable_state,
 )
+from hbat.objectives.ewc import mean_of_sums
 
 
 @dataclass
@@ -60,6 +59,13 @@ class LossPart:
     batch: object
     weight: float = 1.0
     options: dict = field(default_factory=dict)
+    # set when the driver splits a batch over a worker group's ranks: the loss
+    # units (tokens, pairs, rows) of the whole batch, so each rank's mean is
+    # weighted by its share of the global batch; and how many micro-batches
+    # every rank splits its slice into (the same number on every rank, since
+    # each forward and backward is a collective)
+    total_units: int | None = None
+    micro_batches: int | None = None
 
 
 
@@ -85,7 +91,14 @@ def _lora_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer) and m.active_adapters]
 
 
-class PolicyWorker:
+class PolicyWorker(ShardedTrainer):
+    """One rank of the policy's worker group (or the whole policy, with one replica).
+
+    Sharded (``shard=True``), the model is loaded on the host and sharded over
+    the group by :meth:`join_group`; each rank then trains on its slice of
+    every batch, and EWC snapshots, anchors and penalties are local shards.
+    """
+
     def __init__(
         self,
         model: str,
@@ -97,11 +110,16 @@ class PolicyWorker:
         disable_dropout: bool = True,
         seed: int = 0,
         torch_threads: int | None = None,
+        shard: bool = False,
+        fsdp: FSDPConfig | dict | None = None,
+        offload_anchors: bool = False,
     ):
         self.device = setup_actor(device, torch_threads, seed)
         self.precision = get_precision(precision)
+        self._init_sharding(shard, fsdp)
+        self.offload_anchors = offload_anchors
         self.model = load_causal_lm(
-            model, dtype=self.precision.train_dtype, device=self.device, trainable=True,
+            model, dtype=self.precision.train_dtype, device="cpu" if shard else self.device, trainable=True,
             lora=LoraConfig.model_validate(lora) if isinstance(lora, dict) else lora, gradient_checkpointing=gradient_checkpointing,
             no_dropout=disable_dropout,
         )
@@ -135,7 +153,14 @@ class PolicyWorker:
         self.active_kind = anchor
 
     def end_phase(self, fisher_batches: list | None = None) -> dict:
-        """Record this phase's anchor (theta* = now, weights from movement or Fisher)."""
+        """Record this phase's anchor (theta* = now, weights from movement or Fisher).
+
+        Sharded, every tensor here is this rank's shard; the per-tensor
+        statistics the weights come from are summed over the group first, so
+        the weights are those of the whole tensors, the same on every rank.
+        The phase's optimizer state is dropped: the next phase starts its own,
+        so a phase-boundary checkpoint does not carry it.
+        """
         s, out = self.ewc, {}
         if s is not None and self.phase is not None:
             if s.method in ("modified", "modified_code"):
@@ -143,15 +168,14 @@ class PolicyWorker:
                 previous = self.anchors.get(self.phase) if s.accumulate else None
                 anchor = EWCAnchor.from_movement(
                     self._phase_start, end, s.strength, s.resolved_normalize, s.resolved_max_weight,
-                    previous=previous, scale=s.softmax_scale or AUTHORS_CODE_SCALE)
+                    previous=previous, scale=s.softmax_scale or AUTHORS_CODE_SCALE, all_sum=self._all_sum_fn())
             else:
                 if not fisher_batches:
                     raise ValueError("fisher EWC needs fisher_batches from this phase's data")
                 # the Fisher is taken w.r.t. the trainable parameters themselves
                 # (LoRA: its factors), where the gradients live
-                imp = fisher_importance(self.model, fisher_batches, self._fisher_loss)
-                self.model.zero_grad(set_to_none=True)
-                anchor = EWCAnchor.from_fisher(trainable_state(self.model), imp, s.strength,
+                imp = self._fisher_importance(fisher_batches)
+                anchor = EWCAnchor.from_fisher(self.local_snapshot(), imp, s.strength,
                                                s.resolved_normalize, s.resolved_max_weight)
             anchor.view = "params" if s.method == "fisher" else self._view()
             self.anchors[self.phase] = anchor
@@ -159,7 +183,31 @@ class PolicyWorker:
             out = {"ewc/anchored_tensors": len(weights), "ewc/mean_weight": sum(weights) / max(1, len(weights)),
                    "ewc/max_weight": max(weights, default=0.0)}
         self.phase, self._phase_start, self.active_kind, self.ewc = None, None, None, None
+        self.opt = self.sched = None
         return out
+
+    def _all_sum_fn(self):
+        return self.all_sum if self.distributed else None
+
+    def _fisher_importance(self, parts: list[LossPart]) -> dict[str, float]:
+        """Original EWC's diagonal Fisher: per tensor, the mean over the ``K``
+        batches of ``mean_elements(grad^2)`` of each batch's loss.
+
+        Each batch's gradient comes from the same backward as a training step
+        (this rank's slice, weighted by its share of the batch, summed over the
+        group), so a sharded group squares the gradient of the whole batch.
+        """
+        params = self.trainable()
+        sums = {n: [0.0, local(p).numel()] for n, p in params.items()}
+        self.model.zero_grad(set_to_none=True)
+        for part in parts:
+            self._backward(part, self._fisher_loss, {})
+            for n, p in params.items():
+                if p.grad is not None:
+                    sums[n][0] += float(local(p.grad).detach().double().pow(2).sum())
+            self.model.zero_grad(set_to_none=True)
+        k = len(parts)
+        return mean_of_sums({n: (v / k, c) for n, (v, c) in sums.items()}, self._all_sum_fn())
 
     def _view(self) -> str:
         """Which tensors EWC anchors: trainable ``params``, or LoRA's effective ``delta``."""
@@ -180,8 +228,8 @@ class PolicyWorker:
         view = view or self._view()
         if view == "params":
             if differentiable:
-                return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-            return trainable_state(self.model)
+                return self.trainable()
+            return self.local_snapshot()
         out: dict[str, torch.Tensor] = {}
         covered: set[int] = set()
         with torch.set_grad_enabled(differentiable):
@@ -200,7 +248,7 @@ class PolicyWorker:
                 out[n] = p if differentiable else p.detach().to("cpu", copy=True)
         return out
 
-    def _fisher_loss(self, model, part: LossPart) -> torch.Tensor:
+    def _fisher_loss(self, part: LossPart) -> tuple[torch.Tensor, dict]:
         """The objective whose Fisher EWC keeps (see ``ewc.fisher_loss``).
 
         A PPO batch gives the masked NLL of the policy's own samples (response
@@ -208,8 +256,9 @@ class PolicyWorker:
         """
         if part.kind == "ppo":
             e = part.batch.to(self.device)
-            return -masked_mean(self._logps(e.sequences, e.attention_mask, e.temperature), e.action_mask)
-        return self._loss(part)[0]
+            loss = -masked_mean(self._logps(e.sequences, e.attention_mask, e.temperature), e.action_mask)
+            return loss, {}
+        return self._loss(part)
 
     # -- forward helpers ------------------------------------------------------
     def _logits(self, input_ids, attention_mask):
@@ -289,42 +338,74 @@ class PolicyWorker:
                       **{f"ppo/{k}": float(v) for k, v in stats.items()}}
 
     # -- the step -------------------------------------------------------------
+    def _backward(self, part: LossPart, loss_fn, metrics: dict[str, float]) -> None:
+        """Accumulate ``part.weight * loss`` gradients over the part's micro-batches.
+
+        Each micro-batch's mean loss is weighted by its share of the loss units
+        (tokens for SFT and PPO, pairs/rows for preference losses) of the
+        *whole* batch -- ``part.total_units`` when the batch was split over a
+        group's ranks -- so the accumulated (and, sharded, group-summed)
+        gradient is that of the whole batch's mean: neither ``grad_accum`` nor
+        the number of ranks changes the loss.
+        """
+        k = part.micro_batches or self.optim.grad_accum
+        micro = part.batch.minibatches(max(1, -(-len(part.batch) // k))) if isinstance(part.batch, Experience) \
+            else split_micro(part.batch, k, paired=part.kind == "pairwise")
+        units = [_loss_units(part.kind, mb) for mb in micro]
+        total = part.total_units or sum(units)
+        for mb, u in zip(micro, units):
+            share = u / total if total else 1.0 / len(micro)
+            loss, stats = loss_fn(LossPart(part.kind, mb, part.weight, part.options))
+            (part.weight * share * loss).backward()
+            for key, v in stats.items():
+                metrics[key] = metrics.get(key, 0.0) + v * share
+
     def train_step(self, parts: list[LossPart]) -> dict:
         """One optimizer step on ``sum_i w_i * L_i + EWC penalty``.
 
-        Each part is split into ``grad_accum`` micro-batches; gradients
-        accumulate and the optimizer steps once. Each micro-batch's mean loss
-        is weighted by its share of the part's loss units (tokens for SFT and
-        PPO, pairs/rows for preference losses), so the accumulated gradient is
-        that of the whole batch's mean: ``grad_accum`` never changes the loss.
+        Each part is split into micro-batches (``grad_accum``, or the driver's
+        ``micro_batches``); gradients accumulate and the optimizer steps once.
+        In a worker group every rank gets its slice of each part, the share-
+        weighted statistics are summed over the ranks, and every rank returns
+        the same metrics.
         """
         if self.opt is None:
             raise RuntimeError("begin_phase() must be called before train_step()")
         self.model.train()
-        k = self.optim.grad_accum
         metrics: dict[str, float] = {}
         for part in parts:
-            micro = part.batch.minibatches(max(1, -(-len(part.batch) // k))) if isinstance(part.batch, Experience) \
-                else split_micro(part.batch, k, paired=part.kind == "pairwise")
-            units = [_loss_units(part.kind, mb) for mb in micro]
-            total = sum(units)
-            for mb, u in zip(micro, units):
-                share = u / total if total else 1.0 / len(micro)
-                loss, stats = self._loss(LossPart(part.kind, mb, part.weight, part.options))
-                (part.weight * share * loss).backward()
-                for key, v in stats.items():
-                    metrics[key] = metrics.get(key, 0.0) + v * share
+            self._backward(part, self._loss, metrics)
         if self.active_kind is not None:
-            anchor = self.anchors[self.active_kind]
-            pen = anchor.penalty(self._ewc_tensors(differentiable=True, view=getattr(anchor, "view", "params")))
-            if pen.requires_grad:
-                pen.backward()
-            metrics["ewc/penalty"] = float(pen.detach())
-        metrics["optim/grad_norm"] = clip_and_step(self.model, self.opt, self.sched, self.optim.grad_clip)
+            metrics["ewc/penalty"] = self._apply_penalty(self.anchors[self.active_kind])
+        metrics = self.sum_stats(dict(sorted(metrics.items())))
+        metrics["optim/grad_norm"] = self.clip_and_step(self.opt, self.sched, self.optim.grad_clip)
         metrics["optim/lr"] = self.sched.get_last_lr()[0]
         self.version += 1
         self.steps_in_phase += 1
         return metrics
+
+    def _apply_penalty(self, anchor: EWCAnchor) -> float:
+        """Add the anchor's penalty gradient; its value on this rank's shards (summed by the caller).
+
+        Anchoring the trainable tensors themselves, the gradient is added
+        directly (:meth:`EWCAnchor.add_gradient`: no autograd graph, no stored
+        differences); LoRA's ``delta`` view is a function of two factors and
+        goes through autograd.
+        """
+        view = getattr(anchor, "view", "params")
+        if view != "params":
+            pen = anchor.penalty(self._ewc_tensors(differentiable=True, view=view))
+            if pen.requires_grad:
+                pen.backward()
+            return float(pen.detach())
+        pairs = {}
+        for n, p in self.trainable().items():
+            if n not in anchor.anchor:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            pairs[n] = (local(p).detach(), local(p.grad))
+        return anchor.add_gradient(pairs, keep_on_device=not self.offload_anchors)
 
     @torch.no_grad()
     def eval_sft_loss(self, batch: dict) -> float:
@@ -336,10 +417,13 @@ class PolicyWorker:
         return float(loss)
 
     def ewc_penalty(self, kind: str) -> float:
-        """Penalty of the current weights against the recorded anchor of ``kind``."""
+        """Penalty of the current weights against the recorded anchor of ``kind`` (summed over ranks)."""
         anchor = self.anchors[kind]
         with torch.no_grad():
-            return float(anchor.penalty(self._ewc_tensors(differentiable=False, view=getattr(anchor, "view", "params"))))
+            view = getattr(anchor, "view", "params")
+            tensors = self._ewc_tensors(differentiable=False, view=view) if view != "params" else \
+                {n: local(p).detach() for n, p in self.trainable().items()}
+            return float(self.all_sum([float(anchor.penalty(tensors))])[0])
 
     def anchor_weights(self, kind: str) -> dict[str, float]:
         """Per-tensor EWC weights of the anchor recorded for ``kind`` (inspection, tests)."""
@@ -356,39 +440,75 @@ class PolicyWorker:
         LoRA adapters are folded into a *copy* of the base weights
         (:func:`merged_state_dict`): merging in place and unmerging again
         drifts the frozen base in bf16, since ``(W + d) - d != W`` there.
+        Sharded: every rank joins the gathers, rank 0 returns the weights and
+        the others an empty dict.
         """
         if hasattr(self.model, "peft_config"):
             return self.version, merged_state_dict(self.model)
+        if self.sharded:
+            out = {}
+            for k, v in self.model.state_dict().items():
+                t = full(v).detach()
+                if self.rank == 0:
+                    out[k] = t.to("cpu", copy=True)
+            return self.version, out
         return self.version, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def save_pretrained(self, path: str) -> str:
+        """The policy as a Hugging Face folder (sharded: gathered tensor by tensor, rank 0 writes)."""
+        if self.sharded:
+            return export_gathered(self.model, self.tokenizer, path, self.rank, extra={"weight_version": self.version})
         save_checkpoint(self.model, self.tokenizer, path, extra={"weight_version": self.version})
         return path
 
     # -- training state -------------------------------------------------------
-    def state(self) -> dict:
-        return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "opt": self.opt.state_dict() if self.opt else None,
-            "sched": self.sched.state_dict() if self.sched else None,
-            "optim": self.optim.model_dump(),
-            "phase": self.phase,
-            "ewc": self.ewc,
-            "phase_start": self._phase_start,
-            "anchors": {k: {**a.state_dict(), "view": getattr(a, "view", "params")} for k, a in self.anchors.items()},
-            "active_kind": self.active_kind,
-            "total_steps": self.total_steps,
-            "version": self.version,
-            "steps_in_phase": self.steps_in_phase,
-            "rng": rng_state(),
-        }
-
     def save_state(self, path: str) -> str:
-        """Full training state (weights, optimizer, anchors, RNG) in one file, atomically."""
-        atomic_torch_save(self.state(), path)
-        return path
+        """The training state as a DCP folder every rank writes its shards into:
+        weights, the running phase's optimizer state (none at a phase boundary),
+        the EWC anchors and the phase-start snapshot as shards, the rest in
+        ``meta.pt`` (see :mod:`hbat.actors.sharded_state`)."""
+        tensors = {f"anchor.{k}": a.anchor for k, a in self.anchors.items() if getattr(a, "view", "params") == "params"}
+        if self._phase_start is not None and self._view() == "params":
+            tensors["phase_start"] = self._phase_start
+        delta = {k: a.state_dict() for k, a in self.anchors.items() if getattr(a, "view", "params") != "params"}
+        meta = {
+            "anchors": {k: {"weights": a.weights, "strength": a.strength, "importance": a.importance,
+                            "view": getattr(a, "view", "params")} for k, a in self.anchors.items()},
+            "delta_anchors": delta,  # LoRA delta view (never sharded): small, kept whole
+            "phase_start_delta": self._phase_start if self._phase_start is not None and self._view() != "params" else None,
+            "optim": self.optim.model_dump(), "phase": self.phase, "ewc": self.ewc,
+            "active_kind": self.active_kind, "total_steps": self.total_steps, "version": self.version,
+            "steps_in_phase": self.steps_in_phase,
+        }
+        return self.save_training_state(path, self.opt, self.sched, tensors, meta)
 
     def load_state(self, path: str) -> int:
+        """Resume from :meth:`save_state`'s folder, whatever group size wrote it
+        (or from the single ``policy.pt`` file of an older hbat)."""
+        if str(path).endswith(".pt"):
+            return self._load_legacy(path)
+        from hbat.actors.sharded_state import read_meta
+
+        m = read_meta(path)
+        self.optim = optim_config(m["optim"])
+        self.total_steps = m["total_steps"]
+        _, self.opt, self.sched, tensors = self.load_training_state(path, self.optim, self.total_steps)
+        self.anchors = {}
+        for k, a in m["anchors"].items():
+            if a["view"] == "params":
+                anchor = EWCAnchor(tensors[f"anchor.{k}"], {n: a["weights"][n] for n in tensors[f"anchor.{k}"]},
+                                   a["strength"])
+                anchor.importance = dict(a["importance"])
+            else:
+                anchor = EWCAnchor.from_state_dict(m["delta_anchors"][k])
+            anchor.view = a["view"]
+            self.anchors[k] = anchor
+        self.phase, self.ewc, self.active_kind = m["phase"], m["ewc"], m["active_kind"]
+        self._phase_start = tensors.get("phase_start", m.get("phase_start_delta"))
+        self.version, self.steps_in_phase = m["version"], m["steps_in_phase"]
+        return self.version
+
+    def _load_legacy(self, path: str) -> int:
         st = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(st["model"])
         self.anchors = {}

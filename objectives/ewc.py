@@ -41,6 +41,7 @@ from torch import Tensor, nn
 __all__ = [
     "trainable_state",
     "movement_importance",
+    "mean_of_sums",
     "fisher_importance",
     "normalize_importance",
     "EWCAnchor",
@@ -71,12 +72,19 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def movement_importance(start: Mapping[str, Tensor], end: Mapping[str, Tensor]) -> dict[str, float]:
+def movement_importance(
+    start: Mapping[str, Tensor], end: Mapping[str, Tensor], all_sum: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, float]:
     """HBAT's modified-EWC importance: how far a phase moved each tensor.
 
     Formula: ``imp_n = mean((end_n - start_n)^2)`` over the elements of tensor
     ``n``, for every name in ``start`` (a name missing from ``end`` is a
     ``KeyError``; extra names in ``end`` are ignored).
+
+    ``all_sum`` (sharded training): the tensors are this rank's shards; the
+    per-tensor sums of squares and element counts are summed over the ranks
+    with it before the mean, so every rank gets the importance of the whole
+    tensor -- the same numbers one process holding the whole model computes.
 
     Paper: HBAT, Wang et al. 2024 (arXiv 2406.15178), modified EWC.
 
@@ -85,7 +93,7 @@ def movement_importance(start: Mapping[str, Tensor], end: Mapping[str, Tensor]) 
     marks the tensors that phase relied on. Mean (not sum) makes tensors of
     different sizes comparable.
     """
-    out: dict[str, float] = {}
+    sums: dict[str, tuple[Tensor, int]] = {}
     for name, s in start.items():
         if name not in end:
             raise KeyError(f"parameter {name!r} is in the start snapshot but not in the end snapshot")
@@ -93,8 +101,24 @@ def movement_importance(start: Mapping[str, Tensor], end: Mapping[str, Tensor]) 
         if e.shape != s.shape:
             raise ValueError(f"parameter {name!r} changed shape: {tuple(s.shape)} -> {tuple(e.shape)}")
         d = e.detach().double() - s.detach().to(e.device).double()
-        out[name] = float(d.pow(2).mean()) if d.numel() else 0.0
-    return out
+        sums[name] = (d.pow(2).sum(), d.numel())
+    return mean_of_sums(sums, all_sum)
+
+
+def mean_of_sums(
+    sums: Mapping[str, tuple[Tensor | float, int]], all_sum: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, float]:
+    """Per-tensor ``sum / count`` from ``{name: (sum, count)}``; with ``all_sum``
+    both are first summed over the ranks of a sharded model (one collective for
+    all tensors), so a mean over a sharded tensor equals the unsharded one."""
+    names = list(sums)
+    if not names:
+        return {}
+    vec = torch.tensor([float(sums[n][0]) for n in names] + [float(sums[n][1]) for n in names], dtype=torch.float64)
+    if all_sum is not None:
+        vec = all_sum(vec)
+    k = len(names)
+    return {n: float(vec[i] / vec[k + i]) if vec[k + i] > 0 else 0.0 for i, n in enumerate(names)}
 
 
 def fisher_importance(
@@ -255,14 +279,17 @@ class EWCAnchor:
         max_weight: float = 1.0,
         previous: "EWCAnchor | Mapping[str, float] | None" = None,
         scale: float = 1.0,
+        all_sum: Callable[[Tensor], Tensor] | None = None,
     ) -> EWCAnchor:
         """HBAT modified EWC: anchor at ``end_state``, weights from the start->end movement.
 
         ``previous`` (an anchor or raw importances by name): its raw importance
         is added to this phase's movement first -- the authors' code's
-        accumulation over rounds; names it lacks count 0.
+        accumulation over rounds; names it lacks count 0. ``all_sum``: the
+        states are this rank's shards (see :func:`movement_importance`); the
+        anchor then holds the shards, and the weights are the global ones.
         """
-        imp = movement_importance(start_state, end_state)
+        imp = movement_importance(start_state, end_state, all_sum)
         if previous is not None:
             prev = previous.importance if isinstance(previous, EWCAnchor) else previous
             imp = {n: v + float(prev.get(n, 0.0)) for n, v in imp.items()}
@@ -335,6 +362,40 @@ class EWCAnchor:
             if ref is not None:  # keep the graph connected: zero gradients, not None
                 return (ref * 0).sum().float()
             return torch.zeros(())
+        return self.strength * total
+
+    @torch.no_grad()
+    def add_gradient(self, params: Mapping[str, tuple[Tensor, Tensor]], keep_on_device: bool = True) -> float:
+        """Add the penalty's gradient to the parameters' gradients in place and return its value.
+
+        ``params``: ``{name: (weights, grad)}`` -- plain tensors, e.g. a sharded
+        parameter's local shard and its gradient's local shard (the penalty
+        is a sum over elements, so each rank's part of it and of its gradient
+        are local; the caller sums the values over ranks). ``d/dtheta`` of
+        ``strength * w * sum((theta - theta*)^2)`` is ``2 * strength * w *
+        (theta - theta*)``: added tensor by tensor with no autograd graph, so
+        no difference tensor outlives its own tensor's turn (the autograd
+        penalty keeps one per parameter for backward). ``keep_on_device``
+        False: anchor tensors stay where they are (host memory) and are
+        copied to the parameter's device only for their turn.
+        """
+        total = 0.0
+        if self.strength == 0.0:
+            return 0.0
+        for name, (theta, grad) in params.items():
+            w = self.weights.get(name, 0.0)
+            if w == 0.0 or name not in self.anchor:
+                continue
+            a = self.anchor[name]
+            if a.device != theta.device:
+                moved = a.to(theta.device, non_blocking=True)
+                if keep_on_device:
+                    self.anchor[name] = moved
+                a = moved
+            dtype = torch.promote_types(theta.dtype, torch.float32)
+            d = theta.to(dtype) - a.to(dtype)
+            total += w * float(d.pow(2).sum())
+            grad.add_(d.to(grad.dtype), alpha=2.0 * self.strength * w)
         return self.strength * total
 
     def to(self, device: str | torch.device) -> EWCAnchor:

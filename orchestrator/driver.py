@@ -25,6 +25,7 @@ from hbat.models.atomic import atomic_write_bytes
 from hbat.orchestrator.checkpoint import CheckpointManager, RunState, wait_all
 from hbat.orchestrator.config import Config, ConfigError, OptimConfig, dump_config
 from hbat.orchestrator.data import collate_sft
+from hbat.orchestrator.dispatch import split_parts
 from hbat.orchestrator.metrics import MetricsLogger
 from hbat.orchestrator.placement import Placement
 from hbat.orchestrator.ray_runtime import ensure_ray
@@ -33,6 +34,7 @@ from hbat.orchestrator.roles import Roles
 from hbat.orchestrator.run_data import RunData, batch_indices
 from hbat.orchestrator.schedules import Phase, build_plan
 from hbat.orchestrator.steps import StepContext, StepRunner, runner_class
+from hbat.orchestrator.worker_group import GroupCall
 
 log = logging.getLogger("hbat")
 
@@ -91,9 +93,6 @@ class Driver:
             # training): start the schedule over; a saved reward model is reused
             log.warning("--resume: %s has no checkpoint yet; starting the schedule from the beginning", self.run_dir)
             self.resume = False
-        if cfg.resources.policy.replicas > 1 or cfg.resources.critic.replicas > 1:
-            raise ConfigError("resources.policy.replicas / resources.critic.replicas > 1: data-parallel policy and "
-                              "critic training is not available yet")
         self.last_eval: dict = {}
 
     # ------------------------------------------------------------------ setup
@@ -152,7 +151,8 @@ class Driver:
             self.start_scorers()
             folder = resumed[1] if resumed else None
             if folder is not None:
-                ray.get(self.roles.policy.first("load_state", str(folder / "policy.pt")))
+                legacy = folder / "policy.pt"  # an older hbat's single-file state
+                self.roles.policy.run("load_state", str(legacy if legacy.is_file() else folder / "policy"))
                 if self.state.reference_version is not None:
                     ray.get(self.roles.reference.call("load_weights_file", str(folder / "reference.safetensors")))
                 log.info("resumed at phase %d step %d", self.state.phase_index, self.state.step_in_phase)
@@ -163,7 +163,7 @@ class Driver:
             while self.state.phase_index < len(self.plan):
                 self.run_phase(self.state.phase_index, self.plan[self.state.phase_index])
             final = self.run_dir / "final"
-            ray.get(self.roles.policy.first("save_pretrained", str(final)))
+            self.roles.policy.run("save_pretrained", str(final))
             self.state.finished = True
             summary = {"final_checkpoint": str(final), "global_steps": self.state.global_step,
                        "phases": len(self.plan), "wall_s": round(time.time() - t0, 1), **self.last_eval}
@@ -208,7 +208,7 @@ class Driver:
 
     def _refresh_reference(self) -> None:
         """The reference becomes the current policy (``reference.refresh``)."""
-        version = ray.get(self.roles.reference.call("load_exported", self.roles.policy.first("export_weights")))[0]
+        version = self.roles.refresh_reference()
         self.state.reference_version = version
         log.info("reference refreshed to the policy (weight version %d)", version)
 
@@ -218,8 +218,8 @@ class Driver:
         if self.state.step_in_phase == 0:
             if phase.refresh_reference:
                 self._refresh_reference()
-            ray.get(self.roles.policy.call("begin_phase", phase.kind, setup.optim, self.optimizer_steps(phase, setup),
-                                           phase.anchor, c.ewc if phase.record_anchor else None))
+            self.roles.policy.run("begin_phase", phase.kind, setup.optim, self.optimizer_steps(phase, setup),
+                                  phase.anchor, c.ewc if phase.record_anchor else None)
             self.metrics.phase_boundary(self.state.global_step, index, phase.name)
         sft_shard = self.data.get("sft").shard(phase.num_shards, phase.shard) if phase.sft_mix else None
 
@@ -252,7 +252,7 @@ class Driver:
             # batches drawn with a fixed per-phase seed, so a resumed run takes the same ones
             draw = lambda k: self._batch(setup.data, c.sft.batch_size, 20_000 + index, k)  # noqa: E731
             fisher = runner.fisher_parts(draw, c.ewc.fisher_batches, index)
-        end_stats = ray.get(self.roles.policy.first("end_phase", fisher))
+        end_stats = self.end_phase(fisher)
         self.roles.sync_rollout()  # after every optimiser phase: the next PPO phase must not sample a stale policy
         eval_stats = self.evaluate()
         self.metrics.log(self.state.global_step, {**end_stats, **eval_stats}, phase=phase.name)
@@ -260,6 +260,14 @@ class Driver:
         self.state.phase_index += 1
         self.state.step_in_phase = 0
         self._checkpoint()
+
+    def end_phase(self, fisher: list[LossPart] | None) -> dict:
+        """The policy records the phase's anchor; Fisher batches are split over its ranks."""
+        g = self.roles.policy
+        if not fisher or not g.sharded:
+            return g.run("end_phase", fisher)
+        per_rank = [split_parts([p], g.world, p.micro_batches or 1) for p in fisher]
+        return GroupCall([a.end_phase.remote([pr[r][0] for pr in per_rank]) for r, a in enumerate(g.actors)]).get()
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
@@ -271,12 +279,12 @@ class Driver:
             bs = c.sft.batch_size
             for i in range(0, len(eval_sft), bs):
                 batch = collate_sft([eval_sft[j] for j in range(i, min(i + bs, len(eval_sft)))], self.pad_id)
-                losses.append((ray.get(r.policy.first("eval_sft_loss", batch)), batch["input_ids"].shape[0]))
+                losses.append((r.policy.run("eval_sft_loss", batch), batch["input_ids"].shape[0]))
             out["eval/sft_loss"] = sum(l * n for l, n in losses) / sum(n for _, n in losses)
         if eval_prompts is not None and r.rollout is not None and r.reward is not None:
             r.sync_rollout()
             exp = r.sample(list(eval_prompts), seed=0, greedy=True)
-            scores = ray.get(r.reward.first("score", exp))
+            scores = r.reward.map_rows("score", exp).get()
             out["eval/reward"] = float(scores.mean())
             out["eval/response_len"] = float(exp.action_mask.sum(1).float().mean())
         self.last_eval = out
@@ -285,7 +293,7 @@ class Driver:
     # ------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         def write(folder: Path) -> None:
-            refs = [self.roles.policy.first("save_state", str(folder / "policy.pt"))]
+            refs = list(self.roles.policy.all("save_state", str(folder / "policy")).refs)
             if self.state.reference_version is not None:  # a refreshed reference is not on disk anywhere else
                 refs.append(self.roles.reference.first("save_weights", str(folder / "reference.safetensors")))
             for runner in self.runners.values():

@@ -4,32 +4,36 @@ The driver and the step runners talk to roles through this one object:
 ``sample`` fans a batch of prompts out over the rollout replicas (one
 contiguous slice each) and joins their records; ``sync_rollout`` pushes the
 policy's weights to the replicas when they hold an older version. Each role
-is built in one place (:meth:`Roles.spawn`), from the typed config.
+is built in one place (:meth:`Roles.spawn`), from the typed config; a
+sharded trainable role's replicas form their process group there
+(:class:`~hbat.orchestrator.worker_group.WorkerGroup`).
 """
 
 from __future__ import annotations
 
 import ray
 
+from hbat.orchestrator.checkpoint import wait_all
 from hbat.actors.experience import Experience
 from hbat.actors.sampling import SamplingSettings
 from hbat.models.precision import precision
 from hbat.orchestrator.config import Config
-from hbat.orchestrator.placement import Placement, RoleGroup
+from hbat.orchestrator.placement import Placement
+from hbat.orchestrator.worker_group import WorkerGroup
 
 
 class Roles:
     def __init__(self, cfg: Config, placement: Placement, pad_id: int):
         self.cfg, self.placement, self.pad_id = cfg, placement, pad_id
-        self.policy: RoleGroup | None = None
-        self.reference: RoleGroup | None = None
-        self.reward: RoleGroup | None = None
-        self.critic: RoleGroup | None = None
-        self.rollout: RoleGroup | None = None
+        self.policy: WorkerGroup | None = None
+        self.reference: WorkerGroup | None = None
+        self.reward: WorkerGroup | None = None
+        self.critic: WorkerGroup | None = None
+        self.rollout: WorkerGroup | None = None
         self._rollout_version: int | None = None  # the policy version the rollout replicas hold
 
     # -- construction ---------------------------------------------------------
-    def spawn(self, role: str, reward_model: str | None = None) -> RoleGroup:
+    def spawn(self, role: str, reward_model: str | None = None) -> WorkerGroup:
         """Start ``role``'s replicas in the placement group (``reward_model``: the
         trained or given reward checkpoint, for the reward and critic roles)."""
         from hbat.actors.critic import CriticWorker
@@ -43,7 +47,9 @@ class Roles:
         if role == "policy":
             group = self.placement.spawn("policy", PolicyWorker, m.policy, precision=m.precision, lora=m.lora,
                                          gradient_checkpointing=m.gradient_checkpointing,
-                                         disable_dropout=m.disable_dropout, seed=c.run.seed, torch_threads=threads)
+                                         disable_dropout=m.disable_dropout, seed=c.run.seed, torch_threads=threads,
+                                         shard=c.sharded("policy"), fsdp=c.resources.fsdp,
+                                         offload_anchors=c.ewc.offload_anchors)
         elif role == "reference":
             group = self.placement.spawn("reference", ReferenceWorker, m.reference or m.policy, dtype=frozen,
                                          torch_threads=threads)
@@ -58,9 +64,13 @@ class Roles:
         elif role == "critic":
             group = self.placement.spawn("critic", CriticWorker, m.critic or reward_model or m.policy,
                                          precision=m.precision, seed=c.run.seed, disable_dropout=m.disable_dropout,
-                                         torch_threads=threads)
+                                         torch_threads=threads, gradient_checkpointing=m.gradient_checkpointing,
+                                         shard=c.sharded("critic"), fsdp=c.resources.fsdp)
         else:
             raise ValueError(f"unknown role '{role}'")
+        group = WorkerGroup(group.name, group.actors)
+        if role in ("policy", "critic") and c.sharded(role):
+            group.rendezvous()
         setattr(self, role, group)
         return group
 
@@ -88,5 +98,11 @@ class Roles:
         version = ray.get(self.policy.first("weights_version"))
         if version == self._rollout_version:
             return
-        ray.get(self.rollout.call("load_exported", self.policy.first("export_weights")))
+        export = self.policy.all("export_weights")  # every rank joins the gathers; rank 0's holds the weights
+        wait_all(self.rollout.call("load_exported", export.refs[0]) + export.refs)
         self._rollout_version = version
+
+    def refresh_reference(self) -> int:
+        """The reference replicas load the policy's current weights; returns that version."""
+        export = self.policy.all("export_weights")
+        return wait_all(self.reference.call("load_exported", export.refs[0]) + export.refs)[0]

@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import ray
 import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.policy import LossPart
 from hbat.orchestrator.advantages import compute_targets
+from hbat.orchestrator.dispatch import split_rows
 from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
+from hbat.orchestrator.worker_group import GroupCall
 
 
 class PPOStep(StepRunner):
@@ -69,13 +70,16 @@ class PPOStep(StepRunner):
         return self.roles.sample(examples, seed=seed)
 
     def score(self, exp: Experience) -> Experience:
-        """Old-policy and reference log-probs, reward scores and critic values, computed in parallel."""
-        r, ref = self.roles, ray.put(exp)
-        futures = {"logprobs": r.policy.first("logprobs", ref), "ref_logprobs": r.reference.first("logprobs", ref),
-                   "scores": r.reward.first("score", ref)}
+        """Old-policy and reference log-probs, reward scores and critic values, computed in parallel.
+
+        Every role's replicas (a sharded group's ranks) each take a slice of the rows.
+        """
+        r = self.roles
+        calls = {"logprobs": r.policy.map_rows("logprobs", exp), "ref_logprobs": r.reference.map_rows("logprobs", exp),
+                 "scores": r.reward.map_rows("score", exp)}
         if r.critic is not None:
-            futures["values"] = r.critic.first("values", ref)
-        return exp.with_fields(**dict(zip(futures, ray.get(list(futures.values())))))
+            calls["values"] = r.critic.map_rows("values", exp)
+        return exp.with_fields(**{k: c.get() for k, c in calls.items()})
 
     def update(self, exp: Experience, ctx: StepContext, first_optimizer_step: int) -> dict:
         """``ppo_epochs`` passes of shuffled mini-batches; one policy (and critic) optimizer step each."""
@@ -87,13 +91,21 @@ class PPOStep(StepRunner):
             for mb in exp.minibatches(c.mini_batch_size, gen):
                 parts = mix([LossPart("ppo", mb, options={"clip_eps": c.clip_eps})], ctx, opt_step)
                 opt_step += 1
-                refs = [r.policy.first("train_step", parts)]
+                calls = [r.policy.train(parts, self.optim)]
                 if r.critic is not None:
-                    refs.append(r.critic.first("train_step", mb, c.value_clip_eps))
-                for out in ray.get(refs):
+                    calls.append(self.train_critic(mb))
+                for out in (call.get() for call in calls):
                     for k, v in out.items():
                         agg.setdefault(k, []).append(v)
         return {k: sum(v) / len(v) for k, v in agg.items()}
+
+    def train_critic(self, mb: Experience) -> GroupCall:
+        """A critic step on ``mb``, each rank of its group on a slice (token-mean over the whole mini-batch)."""
+        g, clip = self.roles.critic, self.cfg.ppo.value_clip_eps
+        if not g.sharded:
+            return g.all("train_step", mb, clip)
+        total = int(mb.action_mask.sum())
+        return GroupCall([a.train_step.remote(s, clip, total) for a, s in zip(g.actors, split_rows(mb, g.world))])
 
     def fisher_parts(self, draw, n, phase_index):
         """Fresh samples of the policy: the masked NLL of its own samples gives the model Fisher."""
@@ -105,10 +117,13 @@ class PPOStep(StepRunner):
         critic = self.roles.critic
         if critic is None:
             return
-        ray.get(critic.call("configure", self.cfg.ppo.critic_optim, max(1, optimizer_steps)))
-        if resume_from is not None and (resume_from / "critic.pt").exists():
-            ray.get(critic.first("load_state", str(resume_from / "critic.pt")))
+        critic.run("configure", self.cfg.ppo.critic_optim, max(1, optimizer_steps))
+        if resume_from is not None:
+            for name in ("critic", "critic.pt"):  # a folder now; one file in older checkpoints
+                if (resume_from / name).exists():
+                    critic.run("load_state", str(resume_from / name))
+                    break
 
     def save_state(self, folder: Path) -> list:
         critic = self.roles.critic
-        return [critic.first("save_state", str(folder / "critic.pt"))] if critic is not None else []
+        return list(critic.all("save_state", str(folder / "critic")).refs) if critic is not None else []

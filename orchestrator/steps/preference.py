@@ -8,14 +8,11 @@ so every step and the Fisher batches use the same ones.
 
 from __future__ import annotations
 
-import ray
-
 from hbat.actors.policy import LossPart
 from hbat.objectives import get_preference_loss
 from hbat.orchestrator.config import Config, ConfigError
 from hbat.orchestrator.data import collate_pairwise, collate_pointwise, collate_sft, curriculum_batch, curriculum_order
 from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
-
 
 def preference_options(cfg: Config) -> dict:
     """The preference loss's keyword options: registry defaults, then what the config sets.
@@ -38,7 +35,6 @@ def preference_options(cfg: Config) -> dict:
         raise ConfigError(f"{where}: not an option of preference_loss.loss '{d.loss}' (valid: {', '.join(valid) or 'none'})")
     average = spec.average_logps if d.average_logps is None else d.average_logps
     return {"loss": d.loss, **spec.defaults, **given, "average_logps": average}
-
 
 class PreferenceStep(StepRunner):
     name = "dpo"
@@ -87,11 +83,11 @@ class PreferenceStep(StepRunner):
         """A collated preference batch with its reference log-probs and the loss's resolved options."""
         collate = collate_pairwise if self.spec.kind == "pairwise" else collate_pointwise
         batch = collate(examples, self.data.pad_id)
-        batch["ref_logps"] = ray.get(self.roles.reference.first("sequence_logps", batch))
+        batch["ref_logps"] = self.roles.reference.map_rows("sequence_logps", batch).get()
         return LossPart(self.spec.kind, batch, options=dict(self.options))
 
     def step(self, examples, ctx: StepContext) -> dict:
-        return ray.get(self.roles.policy.first("train_step", mix([self.part(examples)], ctx, ctx.step)))
+        return self.roles.policy.train(mix([self.part(examples)], ctx, ctx.step), self.optim).get()
 
     def fisher_parts(self, draw, n, phase_index):
         """The phase's own preference loss (``ewc.fisher_loss: phase``), or the chosen

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ray
-
 from hbat.actors.policy import LossPart
 from hbat.orchestrator.data import collate_sft
 from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
-
 
 class SFTStep(StepRunner):
     name = "sft"
@@ -21,7 +18,7 @@ class SFTStep(StepRunner):
         return LossPart("sft", collate_sft(examples, self.data.pad_id))
 
     def step(self, examples, ctx: StepContext) -> dict:
-        return ray.get(self.roles.policy.first("train_step", mix([self.part(examples)], ctx, ctx.step)))
+        return self.roles.policy.train(mix([self.part(examples)], ctx, ctx.step), self.optim).get()
 
     def fisher_parts(self, draw, n, phase_index):
         return [self.part(draw(k)) for k in range(n)]

@@ -12,6 +12,7 @@ import torch
 
 import hbat.orchestrator.steps.ppo as ppo_step
 from hbat.objectives import kl_estimate
+from hbat.actors.sharded_state import read_meta
 from hbat.orchestrator.config import validate_config
 from hbat.orchestrator.driver import Driver
 from hbat.orchestrator.metrics import read_metrics
@@ -26,7 +27,7 @@ def _run(tree: dict):
         d.shutdown()
     run_dir = cfg.run_dir()
     folder = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
-    policy = torch.load(folder / "policy.pt", map_location="cpu", weights_only=False)
+    policy = read_meta(folder / "policy")  # the training state's meta: anchors' per-tensor weights
     return cfg, d.plan, summary, read_metrics(run_dir), policy
 
 

@@ -5,7 +5,6 @@ preference pairs -- runs through the real driver inside an HBAT schedule."""
 from __future__ import annotations
 
 import pytest
-import ray
 
 from hbat.actors.policy import LossPart
 from hbat.orchestrator.config import ConfigError, validate_config
@@ -30,7 +29,7 @@ class SFTOnChosen(StepRunner):
         return LossPart("sft", collate_sft(rows, self.data.pad_id))
 
     def step(self, examples, ctx):
-        return ray.get(self.roles.policy.first("train_step", [self.part(examples)]))
+        return self.roles.policy.train([self.part(examples)], self.optim).get()
 
     def fisher_parts(self, draw, n, phase_index):
         return [self.part(draw(k)) for k in range(n)]
