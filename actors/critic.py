@@ -58,7 +58,7 @@ class CriticWorker(ShardedTrainer):
         v = self._values(e)
         loss, clipfrac = ppo_value_loss(v, e.values, e.returns, e.action_mask, clip_eps)
         share = float(e.action_mask.sum()) / total_tokens if total_tokens else 1.0
-        (share * loss).backward()
+        (share * self.grad_scale * loss).backward()
         stats = self.sum_stats({"critic/value_loss": loss.item() * share, "critic/clipfrac": float(clipfrac) * share,
                                 "critic/value_mean": float(masked_mean(v.detach(), e.action_mask)) * share})
         stats["critic/grad_norm"] = self.clip_and_step(self.opt, self.sched, self.optim.grad_clip)

@@ -64,9 +64,11 @@ def shard_model(model: nn.Module, *, compute_dtype: torch.dtype | None, cpu_offl
     ``compute_dtype`` (bf16 for ``bf16-mixed``): parameters are gathered in
     that dtype for forward and backward while the sharded master weights, the
     gradient reduction and the optimizer state stay fp32. ``None`` computes in
-    the weights' own dtype. Gradients are *summed* across ranks (divide
-    factor 1): the trainers normalise each loss by the global number of loss
-    units, so a sum is the gradient of the global batch mean.
+    the weights' own dtype. FSDP averages gradients over the ranks; the
+    trainers normalise each loss by the global number of loss units and scale
+    it by the world size (:attr:`GroupMember.grad_scale`), so the average is
+    the gradient of the whole batch's mean. (A divide factor of 1 would say
+    the same, but needs ``PREMUL_SUM``, which gloo lacks.)
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -76,7 +78,6 @@ def shard_model(model: nn.Module, *, compute_dtype: torch.dtype | None, cpu_offl
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
-    model.set_gradient_divide_factor(1.0)
     return model
 
 
@@ -133,6 +134,11 @@ class GroupMember:
     @property
     def distributed(self) -> bool:
         return dist.is_initialized()
+
+    @property
+    def grad_scale(self) -> float:
+        """Factor on a rank's share-weighted loss so the group's averaged gradient is the global sum."""
+        return float(self.world) if self.distributed else 1.0
 
     def all_sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
         """Elementwise sum over the group's ranks (float64 on CPU; identity when alone)."""

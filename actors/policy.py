@@ -356,7 +356,7 @@ class PolicyWorker(ShardedTrainer):
         for mb, u in zip(micro, units):
             share = u / total if total else 1.0 / len(micro)
             loss, stats = loss_fn(LossPart(part.kind, mb, part.weight, part.options))
-            (part.weight * share * loss).backward()
+            (part.weight * share * self.grad_scale * loss).backward()
             for key, v in stats.items():
                 metrics[key] = metrics.get(key, 0.0) + v * share
 
