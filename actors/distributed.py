@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hbat.actors.training import RunFolderProbe
+
 
 def node_address() -> tuple[str, int]:
     """This node's IP address and a free TCP port on it (rank 0's rendezvous point)."""
@@ -102,7 +104,7 @@ def like(t: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     return DTensor.from_local(data, t.device_mesh, t.placements, run_check=False, shape=t.shape, stride=t.stride())
 
 
-class GroupMember:
+class GroupMember(RunFolderProbe):
     """Rank bookkeeping for a worker-group actor (policy, critic).
 
     ``rank``/``world`` are 0/1 until :meth:`join_group`; a world of one never

@@ -12,12 +12,12 @@ from __future__ import annotations
 import torch
 
 from hbat.actors.experience import Experience
-from hbat.actors.training import setup_actor, to_device
+from hbat.actors.training import RunFolderProbe, setup_actor, to_device
 from hbat.models import load_causal_lm
 from hbat.objectives import sequence_logprobs, tempered_logits, token_logprobs
 
 
-class ReferenceWorker:
+class ReferenceWorker(RunFolderProbe):
     def __init__(self, model: str, *, dtype: str = "float32", device: str = "auto", torch_threads: int | None = None):
         self.device = setup_actor(device, torch_threads)
         self.model = load_causal_lm(model, dtype=dtype, device=self.device)

@@ -17,6 +17,7 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import (
+    RunFolderProbe,
     build_optimizer,
     clip_and_step,
     optim_config,
@@ -45,7 +46,7 @@ def load_rule(path: str) -> RuleFn:
     return fn
 
 
-class RewardWorker:
+class RewardWorker(RunFolderProbe):
     def __init__(
         self,
         model: str | None,

@@ -20,6 +20,7 @@ import torch
 
 from hbat.actors.backends import resolve_backend
 from hbat.actors.experience import Experience
+from hbat.actors.training import RunFolderProbe
 from hbat.actors.sampling import SamplingSettings
 
 
@@ -89,7 +90,7 @@ def build_experience(
     )
 
 
-class RolloutWorker:
+class RolloutWorker(RunFolderProbe):
     """Generates rollouts with the current policy weights (see module docstring)."""
 
     def __init__(

@@ -120,3 +120,30 @@ def setup_actor(device: str = "auto", torch_threads: int | None = None, seed: in
     if seed is not None:
         seed_everything(seed)
     return resolve_device(device)
+
+
+class RunFolderProbe:
+    """Mixin for every role's actor: prove it sees the run folder.
+
+    Checkpoint shards are written by each actor into the run folder and
+    renamed into place by the driver, so on a cluster the folder must be on
+    storage every node mounts at the same path. :meth:`probe` writes a file
+    the driver then looks for (``orchestrator/run_folder.py``).
+    """
+
+    def probe(self, folder: str, name: str) -> dict:
+        import os
+        import socket
+        from pathlib import Path
+
+        where = {"host": socket.gethostname(), "pid": os.getpid()}
+        try:
+            import ray
+
+            where["node_id"] = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - outside Ray
+            pass
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(str(where))
+        return where

@@ -149,6 +149,8 @@ class Driver:
                                                              self.placement, self.metrics,
                                                              self.run_dir / "reward_model")
             self.start_scorers()
+            where = self.roles.check_shared_folder(self.run_dir)
+            atomic_write_bytes(self.run_dir / "placement.json", json.dumps(where, indent=2).encode())
             folder = resumed[1] if resumed else None
             if folder is not None:
                 legacy = folder / "policy.pt"  # an older hbat's single-file state

@@ -11,13 +11,16 @@ sharded trainable role's replicas form their process group there
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import ray
 
 from hbat.orchestrator.checkpoint import wait_all
 from hbat.actors.experience import Experience
 from hbat.actors.sampling import SamplingSettings
 from hbat.models.precision import precision
-from hbat.orchestrator.config import Config
+from hbat.orchestrator.config import Config, ConfigError
 from hbat.orchestrator.placement import Placement
 from hbat.orchestrator.worker_group import WorkerGroup
 
@@ -73,6 +76,34 @@ class Roles:
             group.rendezvous()
         setattr(self, role, group)
         return group
+
+    def check_shared_folder(self, run_dir: Path) -> dict[str, dict]:
+        """Fail fast unless every actor sees the run folder the driver sees.
+
+        Each actor writes a probe file into ``<run>/.probe``; a file the driver
+        cannot find means that actor's node has another disk at that path, and
+        its checkpoint shards would silently be missing (multi-node runs need
+        the run folder, and model paths, on shared storage). Returns where each
+        actor runs (host, Ray node id, pid), by ``<role>-<replica>``.
+        """
+        folder = run_dir / ".probe"
+        shutil.rmtree(folder, ignore_errors=True)
+        names, refs = [], []
+        for role in ("policy", "reference", "reward", "critic", "rollout"):
+            group = getattr(self, role)
+            for i, actor in enumerate(group.actors if group is not None else []):
+                names.append(f"{role}-{i}")
+                refs.append(actor.probe.remote(str(folder), names[-1]))
+        where = dict(zip(names, wait_all(refs)))
+        missing = [n for n in names if not (folder / n).is_file()]
+        shutil.rmtree(folder, ignore_errors=True)
+        if missing:
+            hosts = sorted({where[n].get("host", "?") for n in missing})
+            raise ConfigError(
+                f"run.output_dir: {run_dir} is not on storage every node sees: the driver cannot see the probe "
+                f"files of {', '.join(missing)} (on {', '.join(hosts)}). Put run.output_dir (and the model paths, "
+                "HF_HOME) on a filesystem mounted at the same path on every node (deploy/README.md)")
+        return where
 
     # -- shared calls ---------------------------------------------------------
     def sample(self, examples: list[dict], seed: int, greedy: bool = False, n: int | None = None) -> Experience:
