@@ -28,7 +28,7 @@ from hbat.actors.training import (
     to_device,
 )
 from hbat.actors.rollout_hf import merged_state_dict
-from hbat.models import load_causal_lm, load_tokenizer, save_checkpoint
+from hbat.models import load_causal_lm, load_tokenizer, response_token_logprobs, save_checkpoint
 from hbat.models.precision import precision as get_precision
 from hbat.orchestrator.config import EWCConfig, FSDPConfig, LoraConfig, OptimConfig
 from hbat.objectives import (
@@ -37,11 +37,8 @@ from hbat.objectives import (
     entropy_from_logits,
     get_preference_loss,
     masked_mean,
+    masked_sum,
     ppo_policy_loss,
-    sequence_logprobs,
-    sft_loss,
-    tempered_logits,
-    token_logprobs,
 )
 from hbat.objectives.ewc import mean_of_sums
 
@@ -256,25 +253,31 @@ class PolicyWorker(ShardedTrainer):
         """
         if part.kind == "ppo":
             e = part.batch.to(self.device)
-            loss = -masked_mean(self._logps(e.sequences, e.attention_mask, e.temperature), e.action_mask)
+            loss = -masked_mean(self._logps(e.sequences, e.attention_mask, e.action_mask, e.temperature)[0],
+                                e.action_mask)
             return loss, {}
         return self._loss(part)
 
     # -- forward helpers ------------------------------------------------------
-    def _logits(self, input_ids, attention_mask):
-        with self.precision.autocast(self.device):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def _logps(self, input_ids, attention_mask, loss_cols, temperature: float = 1.0):
+        """Token log-probs ``[B, T-1]`` of the sampling distribution (logits / temperature,
+        as the rollout sampled), projecting only the scored positions through the
+        vocabulary (:func:`~hbat.models.scoring.response_token_logprobs`).
+        Returns ``(logps, kept logits, first kept column)``."""
+        return response_token_logprobs(self.model, input_ids, attention_mask, loss_cols, temperature,
+                                       autocast=self.precision.autocast(self.device))
 
-    def _logps(self, input_ids, attention_mask, temperature: float = 1.0):
-        """Token log-probs of the sampling distribution: logits / temperature, as the rollout sampled."""
-        return token_logprobs(tempered_logits(self._logits(input_ids, attention_mask), temperature), input_ids)
+    def _sft_loss(self, b: dict) -> torch.Tensor:
+        """Token-mean NLL of the response tokens (``objectives.sft_loss`` on response positions only)."""
+        return -masked_mean(self._logps(b["input_ids"], b["attention_mask"], b["loss_mask"][:, 1:])[0],
+                            b["loss_mask"][:, 1:])
 
     @torch.no_grad()
     def logprobs(self, exp: Experience) -> torch.Tensor:
         """Old-policy per-token log-probs for an experience batch ([N, T-1], CPU)."""
         self.model.eval()
         e = exp.to(self.device)
-        out = self._logps(e.sequences, e.attention_mask, e.temperature).float().cpu()
+        out = self._logps(e.sequences, e.attention_mask, e.action_mask, e.temperature)[0].float().cpu()
         self.model.train()
         return out
 
@@ -282,7 +285,8 @@ class PolicyWorker(ShardedTrainer):
     def sequence_logps(self, batch: dict) -> torch.Tensor:
         self.model.eval()
         b = to_device(batch, self.device)
-        out = sequence_logprobs(self._logits(b["input_ids"], b["attention_mask"]), b["input_ids"], b["loss_mask"])
+        m = b["loss_mask"][:, 1:]
+        out = masked_sum(self._logps(b["input_ids"], b["attention_mask"], m)[0], m, dim=1)
         self.model.train()
         return out.float().cpu()
 
@@ -290,7 +294,7 @@ class PolicyWorker(ShardedTrainer):
     def _loss(self, part: LossPart) -> tuple[torch.Tensor, dict]:
         if part.kind == "sft":
             b = to_device(part.batch, self.device)
-            loss = sft_loss(self._logits(b["input_ids"], b["attention_mask"]), b["input_ids"], b["loss_mask"])
+            loss = self._sft_loss(b)
             return loss, {"sft/loss": loss.item()}
         if part.kind in ("pairwise", "pointwise"):
             return self._preference_loss(part)
@@ -310,8 +314,8 @@ class PolicyWorker(ShardedTrainer):
         spec = get_preference_loss(opts.pop("loss", "dpo"))
         average = opts.pop("average_logps", spec.average_logps)
         b = to_device(part.batch, self.device)
-        logits = self._logits(b["input_ids"], b["attention_mask"])
-        logps = sequence_logprobs(logits, b["input_ids"], b["loss_mask"])
+        m = b["loss_mask"][:, 1:]
+        logps = masked_sum(self._logps(b["input_ids"], b["attention_mask"], m)[0], m, dim=1)
         ref = b["ref_logps"].to(logps.dtype)
         ntok = b["loss_mask"][:, 1:].sum(1).clamp(min=1).to(logps.dtype)
         if average:
@@ -329,11 +333,10 @@ class PolicyWorker(ShardedTrainer):
 
     def _ppo_loss(self, part: LossPart):
         e: Experience = part.batch.to(self.device)
-        logits = tempered_logits(self._logits(e.sequences, e.attention_mask), e.temperature)
-        logp = token_logprobs(logits, e.sequences)
+        logp, logits, s = self._logps(e.sequences, e.attention_mask, e.action_mask, e.temperature)
         loss, stats = ppo_policy_loss(logp, e.logprobs, e.advantages, e.action_mask, part.options.get("clip_eps", 0.2))
         with torch.no_grad():
-            ent = masked_mean(entropy_from_logits(logits[:, :-1]), e.action_mask)
+            ent = masked_mean(entropy_from_logits(logits[:, :-1]), e.action_mask[:, s:])
         return loss, {"ppo/policy_loss": loss.item(), "ppo/entropy": float(ent),
                       **{f"ppo/{k}": float(v) for k, v in stats.items()}}
 
@@ -412,7 +415,7 @@ class PolicyWorker(ShardedTrainer):
         """Held-out instruction loss (no update): how well demonstrations are kept."""
         self.model.eval()
         b = to_device(batch, self.device)
-        loss = sft_loss(self._logits(b["input_ids"], b["attention_mask"]), b["input_ids"], b["loss_mask"])
+        loss = self._sft_loss(b)
         self.model.train()
         return float(loss)
 

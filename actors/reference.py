@@ -13,8 +13,8 @@ import torch
 
 from hbat.actors.experience import Experience
 from hbat.actors.training import RunFolderProbe, setup_actor, to_device
-from hbat.models import load_causal_lm
-from hbat.objectives import sequence_logprobs, tempered_logits, token_logprobs
+from hbat.models import load_causal_lm, response_token_logprobs
+from hbat.objectives import masked_sum
 
 
 class ReferenceWorker(RunFolderProbe):
@@ -27,10 +27,11 @@ class ReferenceWorker(RunFolderProbe):
     @torch.no_grad()
     def logprobs(self, exp: Experience) -> torch.Tensor:
         """Per-token reference log-probs [N, T-1] (CPU, fp32) of the sampling
-        distribution (logits / the rollout's temperature, like the policy's)."""
+        distribution (logits / the rollout's temperature, like the policy's);
+        response positions only (zeros over the prompt columns)."""
         e = exp.to(self.device)
-        logits = self.model(input_ids=e.sequences, attention_mask=e.attention_mask).logits
-        return token_logprobs(tempered_logits(logits, e.temperature), e.sequences).float().cpu()
+        return response_token_logprobs(self.model, e.sequences, e.attention_mask, e.action_mask,
+                                       e.temperature)[0].float().cpu()
 
     @torch.no_grad()
     def load_exported(self, packed: tuple[int, dict[str, torch.Tensor]]) -> int:
@@ -71,8 +72,9 @@ class ReferenceWorker(RunFolderProbe):
     def sequence_logps(self, batch: dict) -> torch.Tensor:
         """Summed response log-probs [B] for a collated SFT/preference batch."""
         b = to_device(batch, self.device)
-        logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        return sequence_logprobs(logits, b["input_ids"], b["loss_mask"]).float().cpu()
+        m = b["loss_mask"][:, 1:]
+        return masked_sum(response_token_logprobs(self.model, b["input_ids"], b["attention_mask"], m)[0], m,
+                          dim=1).float().cpu()
 
     def ping(self) -> bool:
         return True

@@ -14,7 +14,7 @@ from hbat.models.loader import (
     save_checkpoint,
 )
 from hbat.models.precision import PRECISIONS, Precision, precision
-from hbat.models.scoring import critic_values, reward_scores
+from hbat.models.scoring import critic_values, response_token_logprobs, reward_scores
 from hbat.models.tiny import build_tiny_tokenizer, make_tiny_checkpoint
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "resolve_dtype",
     "resolve_model_path",
     "reward_scores",
+    "response_token_logprobs",
     "save_checkpoint",
 ]

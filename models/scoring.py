@@ -42,3 +42,32 @@ def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B,T,1]
     return logits[:, :-1, 0].float()
+
+
+def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
+                            temperature: float = 1.0, autocast=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token log-probs ``[B, T-1]`` (float32; the shift convention of
+    ``objectives/logprobs.py``) computed from the logits of the response
+    positions only; zeros left of the first column any row scores.
+
+    ``loss_cols`` ``[B, T-1]``: the loss/action mask (``loss_mask[:, 1:]``).
+    The model projects only positions ``s..T-1`` through the vocabulary
+    (transformers' ``logits_to_keep``), ``s`` being the first column any row
+    scores, so a long prompt costs no ``[T, V]`` logits and no backward
+    through them -- with a vocabulary of 150k the logits are the largest
+    activation of a step. Returns ``(logps, kept logits [B, T-s, V], s)``.
+    """
+    import contextlib
+
+    from hbat.objectives import tempered_logits, token_logprobs
+
+    T = input_ids.shape[1]
+    cols = loss_cols.any(0).nonzero()
+    s = int(cols[0]) if len(cols) else max(T - 2, 0)
+    with autocast or contextlib.nullcontext():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=T - s).logits
+    if logits.shape[1] != T - s:  # a model that ignores logits_to_keep
+        logits = logits[:, s:]
+    logits = tempered_logits(logits, temperature)
+    lp = token_logprobs(logits, input_ids[:, s:])
+    return torch.nn.functional.pad(lp, (s, 0)), logits, s
