@@ -15,6 +15,8 @@ and its own state are written (``orchestrator/checkpoint.py``).
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,6 +34,15 @@ from hbat.models.atomic import atomic_torch_save
 META = "meta.pt"
 
 
+@contextmanager
+def _quiet_single_process():
+    """One unsharded process saves and loads DCP folders too; DCP warns each time
+    that it is "assuming the intent is to save in a single process" -- it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
+        yield
+
+
 def save_sharded(path: str | Path, model, opt, tensors: dict[str, dict[str, torch.Tensor]], meta: dict,
                  rank: int, rng: dict) -> str:
     """Write ``model`` (and ``opt`` unless None) and ``tensors`` (groups of
@@ -43,7 +54,8 @@ def save_sharded(path: str | Path, model, opt, tensors: dict[str, dict[str, torc
     if opt is not None:
         state["optim"] = get_optimizer_state_dict(model, opt)
     state.update({f"t.{k}": v for k, v in tensors.items() if v})
-    dcp.save(state, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=str(path))
     if rank == 0:
         atomic_torch_save({**meta, "has_optim": opt is not None, "tensor_groups": sorted(k for k, v in tensors.items() if v)},
                           path / META)
@@ -65,7 +77,8 @@ def load_sharded(path: str | Path, model, opt, templates: dict[str, dict[str, to
         # get_optimizer_state_dict creates AdamW's lazily made state, so DCP has tensors to load into
         state["optim"] = get_optimizer_state_dict(model, opt)
     state.update({f"t.{k}": v for k, v in templates.items() if v})
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     if opt is not None:
         set_optimizer_state_dict(model, opt, state["optim"])

@@ -58,10 +58,9 @@ class WorkerGroup(RoleGroup):
 
     def train(self, parts: list, optim) -> GroupCall:
         """``train_step`` with each rank's slice of every loss part."""
-        if not self.sharded:
-            return GroupCall([self.actors[0].train_step.remote(parts)])
-        per_rank = split_parts(parts, self.world, optim.grad_accum, optim.max_tokens_per_micro)
-        return GroupCall([a.train_step.remote(p) for a, p in zip(self.actors, per_rank)])
+        targets = self.actors if self.sharded else self.actors[:1]
+        per_rank = split_parts(parts, len(targets), optim.grad_accum, optim.max_tokens_per_micro)
+        return GroupCall([a.train_step.remote(p) for a, p in zip(targets, per_rank)])
 
     def map_rows(self, method: str, data, *args, **kwargs) -> "RowsCall":
         """``method(slice, ...)`` on each replica's contiguous slice of ``data``'s rows."""
