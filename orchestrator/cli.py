@@ -1,4 +1,4 @@
-"""``hbat`` command line: train, train-rm, build-pairs, generate, make-demo-data, eval, compare, serve."""
+"""``hbat`` command line: train, train-rm, plan, build-pairs, generate, make-demo-data, eval, compare, serve."""
 
 from __future__ import annotations
 
@@ -45,6 +45,18 @@ def _generate(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from hbat.orchestrator.memory_plan import estimate, format_plan, load_plan_config
+
+    cfg, source = load_plan_config(args.config, args.overrides, method=args.method)
+    plan = estimate(cfg, args.gpu_memory_gb)
+    if args.json:
+        print(json.dumps({"source": source, **plan.to_json()}, indent=2, default=str))
+    else:
+        print(format_plan(plan, source))
+    return 0
+
+
 def _build_pairs(args) -> int:
     from hbat.orchestrator.pairs import build_pairs, load_build_config
 
@@ -81,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", required=True)
     r.add_argument("overrides", nargs="*")
     r.set_defaults(func=_train, train_rm_only=True, resume=False, overwrite=False)
+
+    pl = sub.add_parser("plan", help="dry run: estimated memory per device and placement of a train or compare config",
+                        description="Start no model and no Ray: print, per role, the estimated memory per device "
+                                    "(weights, gradients, AdamW state, EWC anchors, activations, logits) and the "
+                                    "placement bundles, and warn for every role that does not fit.")
+    pl.add_argument("--config", required=True, help="training YAML, or a compare YAML (its train: section)")
+    pl.add_argument("--gpu-memory-gb", dest="gpu_memory_gb", type=float,
+                    help="memory of one device in GiB (default: resources.gpu_memory_gb, else 80)")
+    pl.add_argument("--method", help="compare config: the method to plan (default: the one with the most roles)")
+    pl.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes)")
+    pl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. resources.policy.replicas=4")
+    pl.set_defaults(func=_plan)
 
     b = sub.add_parser("build-pairs", help="preference pairs by contrast (PopAlign's six strategies), resumable")
     b.add_argument("--config", required=True, help="build-pairs YAML (see configs/popalign_demo.yaml)")

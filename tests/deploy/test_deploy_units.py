@@ -224,8 +224,18 @@ def test_serve_config_validates(tiny_checkpoint, tiny_reward_checkpoint):
 
 
 def test_kuberay_manifests(tiny_checkpoint, tiny_reward_checkpoint):
-    job = yaml.safe_load((DEPLOY / "rayjob.yaml").read_text())
-    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    docs = list(yaml.safe_load_all((DEPLOY / "rayjob.yaml").read_text()))
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every rank writes its shard into one run folder
+    job = next(d for d in docs if d["kind"] == "RayJob")
+    assert job["apiVersion"] == "ray.io/v1"
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:  # the claim at the same path everywhere
+        spec = pod["template"]["spec"]
+        assert {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v} \
+            == {claim["metadata"]["name"]}
+        assert {"name": "runs", "mountPath": "/mnt/runs"} in spec["containers"][0]["volumeMounts"]
     assert job["spec"]["entrypoint"].startswith("hbat train --config ")
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is True
