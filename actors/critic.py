@@ -45,10 +45,10 @@ class CriticWorker(ShardedTrainer):
         self.model.train()
         return out * exp.action_mask
 
-    def train_step(self, exp: Experience, clip_eps: float = 0.2, total_tokens: int | None = None) -> dict:
+    def train_step(self, exp: Experience, clip_eps: float = 0.2, total: int | None = None) -> dict:
         """One optimizer step on the clipped value loss, a mean over response tokens.
 
-        ``total_tokens``: the whole batch's response tokens when the driver split
+        ``total``: the whole batch's response tokens when the driver split
         it over the group's ranks; each rank's token mean is weighted by its
         share, so the group-summed gradient is the whole batch's."""
         if self.opt is None:
@@ -57,7 +57,7 @@ class CriticWorker(ShardedTrainer):
         e = exp.to(self.device)
         v = self._values(e)
         loss, clipfrac = ppo_value_loss(v, e.values, e.returns, e.action_mask, clip_eps)
-        share = float(e.action_mask.sum()) / total_tokens if total_tokens else 1.0
+        share = float(e.action_mask.sum()) / total if total else 1.0
         (share * self.grad_scale * loss).backward()
         stats = self.sum_stats({"critic/value_loss": loss.item() * share, "critic/clipfrac": float(clipfrac) * share,
                                 "critic/value_mean": float(masked_mean(v.detach(), e.action_mask)) * share})

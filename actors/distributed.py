@@ -60,8 +60,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, *, compute_dtype: torch.dtype | None, cpu_offload: bool = False,
-                reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2 over the default process group: each decoder layer, then the root.
+                reshard_after_forward: bool = True, layers: list[nn.Module] | None = None) -> nn.Module:
+    """FSDP2 over the default process group: each decoder layer (``layers``,
+    default :func:`decoder_layers`), then the root.
 
     ``compute_dtype`` (bf16 for ``bf16-mixed``): parameters are gathered in
     that dtype for forward and backward while the sharded master weights, the
@@ -77,7 +78,7 @@ def shard_model(model: nn.Module, *, compute_dtype: torch.dtype | None, cpu_offl
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else \
         MixedPrecisionPolicy()
     kwargs = {"mp_policy": mp, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
-    for layer in decoder_layers(model):
+    for layer in decoder_layers(model) if layers is None else layers:
         fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
     return model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from hbat.actors.distributed import GroupMember, full, local, shard_model
+from hbat.actors.distributed import GroupMember, decoder_layers, full, local, shard_model
 from hbat.actors.sharded_state import load_rng, load_sharded, read_meta, save_sharded
 from hbat.actors.training import build_optimizer, rng_state, set_rng_state
 from hbat.orchestrator.config import FSDPConfig
@@ -22,6 +22,8 @@ class ShardedTrainer(GroupMember):
     """Mixin: ``self.model``, ``self.precision``, ``self.device`` set by the role's ``__init__``."""
 
     fsdp: FSDPConfig | None = None  # set when the role is sharded
+    fsdp_root = None  # the module FSDP shards at the root (default: the model)
+    _is_sharded = False
 
     def _init_sharding(self, shard: bool, fsdp: FSDPConfig | dict | None) -> None:
         self.fsdp = (fsdp if isinstance(fsdp, FSDPConfig) else FSDPConfig.model_validate(fsdp or {})) if shard else None
@@ -29,16 +31,17 @@ class ShardedTrainer(GroupMember):
     def join_group(self, rank: int, world: int, host: str, port: int, timeout_s: float = 300) -> int:
         """Join the group, then shard the model over it (FSDP2)."""
         out = super().join_group(rank, world, host, port, timeout_s)
-        if self.fsdp is not None and not hasattr(self.model, "reshard"):
+        if self.fsdp is not None and not self._is_sharded:
             # bf16-mixed: layers gathered in bf16 (fp32 shards, reductions and AdamW state)
             compute = torch.bfloat16 if self.precision.name == "bf16-mixed" else None
-            shard_model(self.model, compute_dtype=compute, cpu_offload=self.fsdp.cpu_offload,
-                        reshard_after_forward=self.fsdp.reshard_after_forward)
+            shard_model(self.fsdp_root or self.model, compute_dtype=compute, cpu_offload=self.fsdp.cpu_offload,
+                        reshard_after_forward=self.fsdp.reshard_after_forward, layers=decoder_layers(self.model))
+            self._is_sharded = True
         return out
 
     @property
     def sharded(self) -> bool:
-        return hasattr(self.model, "reshard")
+        return self._is_sharded
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

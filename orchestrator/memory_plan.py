@@ -27,8 +27,8 @@ the lm_head: ``total - V*h (if untied) + h``.
 
 Per trainable role (policy; critic; reward-model training), per device, with
 ``N`` = the role's replicas when the role is sharded (``Config.sharded``),
-else 1 (the reward-model stage trains on one replica of the reward role,
-unsharded: ``N = 1``), ``P`` its parameter count (LoRA: the frozen base is
+else 1 (the reward-model stage is a worker group over the reward role's
+replicas when that role is sharded), ``P`` its parameter count (LoRA: the frozen base is
 held in the weights' dtype and only the adapters, :func:`lora_params`, have
 gradients, AdamW state and anchors):
 
@@ -59,9 +59,13 @@ gradients, AdamW state and anchors):
   without gradient checkpointing: ``L * T * e * c``; with it, only each
   layer's input is kept and one layer is recomputed at a time:
   ``L * T * h * c + T * e * c``;
-- logits: the full-vocabulary logits are materialised for every token
-  (response-only or chunked logits are not implemented in hbat):
-  ``T * V * (c + 4 + 4)`` -- the lm_head output in the compute dtype, its
+- logits: only the scored positions are projected through the vocabulary
+  (``models/scoring.response_token_logprobs``: from the first column any row
+  of the batch scores): for PPO batches (left-padded prompts, then
+  responses) ``ppo.max_new_tokens + 1`` columns; for SFT, preference and
+  reward batches, whose first scored column is the shortest prompt's end,
+  the whole ``data.max_len`` as the bound. Per column
+  ``V * (c + 4 + 4)`` -- the lm_head output in the compute dtype, its
   fp32 upcast (``token_logprobs``) and the fp32 log-softmax kept for the
   backward (``4 + 4`` under fp32: no separate upcast). Reward models and
   critics have a scalar head: no vocabulary logits.
@@ -351,6 +355,11 @@ def _batches(cfg: Config, role: str) -> list[tuple[str, int, int, int, "object"]
     return out
 
 
+def _logit_cols(cfg: Config, kind: str, seq: int) -> int:
+    """Positions projected through the vocabulary per row (see the module docstring)."""
+    return min(seq, cfg.ppo.max_new_tokens + 1) if kind == "ppo" else seq
+
+
 def _micro_rows(rows: int, shards: int, grad_accum: int, seq: int, budget: int | None) -> int:
     r = _ceil(_ceil(rows, shards), grad_accum)
     if budget is not None:
@@ -404,7 +413,8 @@ def trainable_memory(cfg: Config, role: str, shape: ModelShape, model: str, shar
             act = shape.layers * tokens * shape.hidden * c + tokens * e * c
         else:
             act = shape.layers * tokens * e * c
-        logits = tokens * shape.vocab * (c + 4 + (4 if c != 4 else 0)) if head == "lm" else 0
+        logits = r * _logit_cols(cfg, kind, seq) * shape.vocab * (c + 4 + (4 if c != 4 else 0)) \
+            if head == "lm" else 0
         if best is None or act + logits > best[0] + best[1]:
             best = (act, logits, r, seq, kind)
     if best is not None:
@@ -445,7 +455,8 @@ def frozen_memory(cfg: Config, role: str, shape: ModelShape, model: str, spec, g
         r = _ceil(rows, spec.replicas)
         tokens = r * seq
         act = tokens * _layer_elems(shape) * c + tokens * shape.hidden * c
-        logits = tokens * shape.vocab * (c + 4 + (4 if c != 4 else 0)) if head == "lm" else 0
+        logits = r * _logit_cols(cfg, kind_, seq) * shape.vocab * (c + 4 + (4 if c != 4 else 0)) \
+            if head == "lm" else 0
         if best is None or act + logits > best[0] + best[1]:
             best = (act, logits, r, seq, kind_)
     m.activations, m.logits, m.micro_rows, m.seq, m.phase = best
@@ -490,8 +501,10 @@ def estimate(cfg: Config, gpu_memory_gb: float | None = None) -> Plan:
             shape = model_shape(reward_ref, reward_key)
             label = reward_ref if m.reward else f"{m.policy} (trained)"
             out.append(frozen_memory(cfg, "reward", shape, label, spec, g))
-            if trains_rm:  # one replica trains, unsharded: the stage is not a worker group
-                out.append(trainable_memory(cfg, "reward_model", shape, label, 1, False, spec))
+            if trains_rm:  # the stage trains data-parallel over the reward replicas when sharded
+                sharded = cfg.sharded("reward")
+                out.append(trainable_memory(cfg, "reward_model", shape, label, spec.replicas if sharded else 1,
+                                            sharded, spec))
         else:
             shape, name = shapes.get(role) or shapes["policy"]
             out.append(frozen_memory(cfg, role, shape, name, spec, g))
@@ -529,11 +542,12 @@ def estimate(cfg: Config, gpu_memory_gb: float | None = None) -> Plan:
                 warnings.append(f"WARN {' + '.join(p.roles)} (colocated, bundle {p.index}): {p.device / GiB:.1f} GiB "
                                 f"on one device > {p.budget / GiB:.1f} GiB")
     if trains_rm:
-        notes.append("reward (training): the reward-model stage, before the main phases, trains on one replica "
-                     "of the reward role, unsharded (orchestrator/reward_stage.py); its bundle's peak is the "
-                     "larger of that stage and the main phases")
-    notes.append("logits: full-vocabulary logits are materialised for every token (no response-only / chunked "
-                 "logits in hbat yet)")
+        notes.append("reward (training): the reward-model stage, before the main phases, trains over the reward "
+                     "role's replicas (an FSDP2 worker group when resources.reward.replicas > 1, "
+                     "orchestrator/reward_stage.py); its bundle's peak is the larger of that stage and the main "
+                     "phases")
+    notes.append("logits: scored positions only (PPO: max_new_tokens + 1 columns; SFT/preference: bounded by "
+                 "data.max_len)")
     notes.append(f"activations: SDPA attention (no seq x seq scores); gradient_checkpointing="
                  f"{str(cfg.model.gradient_checkpointing).lower()}; precision {cfg.model.precision}")
     return Plan(gpu, g_gib, out, plans, sum(b.get("CPU", 0.0) for b in bundles),

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from hbat.orchestrator.config import Config, ConfigError
 from hbat.orchestrator.data import collate_pairwise
+from hbat.orchestrator.worker_group import WorkerGroup
 
 
 def train_reward_model(cfg: Config, pairs, pad_id: int, placement, metrics, out: Path) -> str:
@@ -30,11 +31,15 @@ def train_reward_model(cfg: Config, pairs, pad_id: int, placement, metrics, out:
     rm = cfg.reward_model
     if (out / "config.json").exists():
         return str(out)
-    worker = placement.spawn("reward", RewardWorker, cfg.model.policy, trainable=True, precision=cfg.model.precision,
-                             seed=cfg.run.seed, torch_threads=cfg.resources.torch_threads)
+    group = WorkerGroup("reward", placement.spawn(
+        "reward", RewardWorker, cfg.model.policy, trainable=True, precision=cfg.model.precision, seed=cfg.run.seed,
+        torch_threads=cfg.resources.torch_threads, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        shard=cfg.sharded("reward"), fsdp=cfg.resources.fsdp).actors)
+    if cfg.sharded("reward"):
+        group.rendezvous()  # the stage trains data-parallel over the reward role's replicas
     n_batches = -(-len(pairs) // rm.batch_size)
     total = min(rm.max_steps or n_batches * rm.epochs, n_batches * rm.epochs)
-    ray.get(worker.call("begin_training", rm.optim, total))
+    group.run("begin_training", rm.optim, total)
     step = 0
     with tqdm(total=total, desc="reward model", disable=not cfg.logging.progress) as pbar:
         for epoch in range(rm.epochs):
@@ -43,14 +48,14 @@ def train_reward_model(cfg: Config, pairs, pad_id: int, placement, metrics, out:
                 if step >= total:
                     break
                 batch = collate_pairwise([pairs[j] for j in order[i:i + rm.batch_size].tolist()], pad_id)
-                stats = ray.get(worker.first("train_step", batch))
+                stats = group.train_rows("train_step", batch, batch["input_ids"].shape[0] // 2, paired=True).get()
                 metrics.log(step, stats, phase="reward_model")
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{stats['rm/loss']:.3f}", acc=f"{stats['rm/accuracy']:.2f}")
                 step += 1
-    ray.get(worker.call("end_training"))
-    ray.get(worker.first("save_pretrained", str(out)))
-    for a in worker.actors:
+    group.run("end_training")
+    group.run("save_pretrained", str(out))
+    for a in group.actors:
         ray.kill(a)
     return str(out)
 

@@ -62,6 +62,17 @@ class WorkerGroup(RoleGroup):
         per_rank = split_parts(parts, len(targets), optim.grad_accum, optim.max_tokens_per_micro)
         return GroupCall([a.train_step.remote(p) for a, p in zip(targets, per_rank)])
 
+    def train_rows(self, method: str, data, total: int, *args, paired: bool = False) -> GroupCall:
+        """``method(slice, *args, total=total)`` on each rank's slice of ``data``'s rows
+        (``total``: the batch's loss units, for the global mean); unsharded, the
+        one trainer gets the whole batch."""
+        if not self.sharded:
+            return GroupCall([getattr(self.actors[0], method).remote(data, *args)])
+        slices = split_rows(data, self.world, paired=paired)
+        if len(slices) < self.world:
+            raise ValueError(f"a batch of {total} units cannot be split over the {self.world} ranks of {self.name}")
+        return GroupCall([getattr(a, method).remote(s, *args, total=total) for a, s in zip(self.actors, slices)])
+
     def map_rows(self, method: str, data, *args, **kwargs) -> "RowsCall":
         """``method(slice, ...)`` on each replica's contiguous slice of ``data``'s rows."""
         targets = self.actors if (self.sharded or len(self.actors) > 1) else self.actors[:1]

@@ -19,7 +19,6 @@ import torch
 from hbat.actors.experience import Experience
 from hbat.actors.policy import LossPart
 from hbat.orchestrator.advantages import compute_targets
-from hbat.orchestrator.dispatch import split_rows
 from hbat.orchestrator.steps.base import StepContext, StepRunner, mix
 from hbat.orchestrator.worker_group import GroupCall
 
@@ -101,11 +100,7 @@ class PPOStep(StepRunner):
 
     def train_critic(self, mb: Experience) -> GroupCall:
         """A critic step on ``mb``, each rank of its group on a slice (token-mean over the whole mini-batch)."""
-        g, clip = self.roles.critic, self.cfg.ppo.value_clip_eps
-        if not g.sharded:
-            return g.all("train_step", mb, clip)
-        total = int(mb.action_mask.sum())
-        return GroupCall([a.train_step.remote(s, clip, total) for a, s in zip(g.actors, split_rows(mb, g.world))])
+        return self.roles.critic.train_rows("train_step", mb, int(mb.action_mask.sum()), self.cfg.ppo.value_clip_eps)
 
     def fisher_parts(self, draw, n, phase_index):
         """Fresh samples of the policy: the masked NLL of its own samples gives the model Fisher."""

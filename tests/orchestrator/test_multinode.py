@@ -1,5 +1,5 @@
-"""An HBAT run whose policy and critic are 2-rank FSDP2 worker groups spread
-over two emulated Ray nodes (``ray.cluster_utils.Cluster``), driven through
+"""An HBAT run whose policy, critic and reward-model training are 2-rank FSDP2
+worker groups spread over two emulated Ray nodes (``ray.cluster_utils.Cluster``), driven through
 the ``hbat train`` command as a user would: it finishes, each rank ran on its
 own node, every rank wrote its checkpoint shard, and the final export is a
 plain Hugging Face folder that transformers loads."""
@@ -35,6 +35,8 @@ def test_hbat_ppo_with_sharded_policy_and_critic_on_two_nodes(two_nodes, make_tr
         "resources.address": two_nodes.address, "resources.strategy": "SPREAD",
         "resources.policy.replicas": 2, "resources.critic.replicas": 2, "ppo.advantage": "gae",
         "run.checkpoint_every": 1,
+        # the reward model is trained first, by a 2-rank group; then 2 replicas score slices
+        "model.reward": None, "resources.reward.replicas": 2, "reward_model.max_steps": 2,
     })
     cfg_file = tmp_path / "multinode.yaml"
     cfg_file.write_text(yaml.safe_dump(tree))
@@ -51,6 +53,8 @@ def test_hbat_ppo_with_sharded_policy_and_critic_on_two_nodes(two_nodes, make_tr
     assert where["policy-0"]["node_id"] != where["policy-1"]["node_id"], where
     assert where["critic-0"]["node_id"] != where["critic-1"]["node_id"], where
 
+    assert where["reward-0"]["node_id"] != where["reward-1"]["node_id"], where
+    assert (run_dir / "reward_model" / "model.safetensors").is_file()  # gathered from the group's shards
     ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     for role in ("policy", "critic"):
         assert sorted(p.name for p in (ckpt / role).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"], role
@@ -63,3 +67,51 @@ def test_hbat_ppo_with_sharded_policy_and_critic_on_two_nodes(two_nodes, make_tr
     assert moved > 1e-4  # trained, and exported whole (every tensor has the checkpoint's shape)
     out = final.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 6)
+
+
+class _Stop(Exception):
+    """Raised after the checkpoint that ends the second phase: a run cut short."""
+
+
+def test_resume_on_a_different_number_of_ranks(ray_local, make_tree, monkeypatch):
+    """HBAT-DPO with a 2-rank policy, stopped after its second phase and resumed
+    with one unsharded policy, ends at the weights of the uninterrupted 2-rank
+    run: the driver's checkpoint (DCP shards, anchors, schedule position)
+    reshards on load."""
+    from safetensors.torch import load_file
+
+    from hbat.orchestrator.config import validate_config
+    from hbat.orchestrator.driver import Driver
+
+    def run(tree, resume=False):
+        d = Driver(validate_config(tree), resume=resume)
+        try:
+            return d.run()
+        finally:
+            d.shutdown()
+
+    two = {"resources.policy.replicas": 2, "ewc.strength": 50.0}
+    whole = make_tree("hbat", "dpo", name="whole", **two)
+    run(whole)
+
+    cut = make_tree("hbat", "dpo", name="cut", **two)
+    real = Driver._checkpoint
+
+    def checkpoint_then_stop(self):
+        real(self)
+        if self.state.step_in_phase == 0 and self.state.phase_index == 2:
+            raise _Stop()
+
+    monkeypatch.setattr(Driver, "_checkpoint", checkpoint_then_stop)
+    with pytest.raises(_Stop):
+        run(cut)
+    monkeypatch.setattr(Driver, "_checkpoint", real)
+    resumed = make_tree("hbat", "dpo", name="cut", **{**two, "resources.policy.replicas": 1})
+    summary = run(resumed, resume=True)
+    assert summary["phases"] == 4
+
+    out = Path(whole["run"]["output_dir"])
+    a, b = load_file(out / "whole" / "final" / "model.safetensors"), load_file(out / "cut" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst

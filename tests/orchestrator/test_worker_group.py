@@ -21,7 +21,7 @@ from hbat.actors.rollout import build_experience
 from hbat.models import load_tokenizer
 from hbat.orchestrator.config import EWCConfig, OptimConfig
 from hbat.orchestrator.data import collate_pairwise, collate_sft
-from hbat.orchestrator.dispatch import split_parts, split_rows
+from hbat.orchestrator.dispatch import split_parts
 from hbat.orchestrator.worker_group import GroupCall, WorkerGroup
 
 PROMPT = 4
@@ -145,9 +145,7 @@ def test_ppo_policy_and_critic_match_one_process(ray_local, tiny_checkpoint, pad
             a, b = plain.train_step([part]), g.train([part], optim).get()
             assert a["ppo/policy_loss"] == pytest.approx(b["ppo/policy_loss"], rel=1e-5, abs=1e-6)
             ca = critic.train_step(exp, 0.2)
-            total = int(exp.action_mask.sum())
-            cb = GroupCall([act.train_step.remote(s, 0.2, total)
-                            for act, s in zip(cg.actors, split_rows(exp, 2))]).get()
+            cb = cg.train_rows("train_step", exp, int(exp.action_mask.sum()), 0.2).get()
             assert ca["critic/value_loss"] == pytest.approx(cb["critic/value_loss"], rel=1e-5)
         assert_same_weights(plain.export_weights()[1], g.run("export_weights")[1])
         crit_plain = {k: v for k, v in critic.model.state_dict().items()}
@@ -270,3 +268,36 @@ def test_dispatch_splits_pairs_and_counts_global_units(pad):
     assert r0.micro_batches == 2 and r0.total_units == int(sft["loss_mask"][:, 1:].sum())
     with pytest.raises(ValueError, match="every rank needs at least one"):
         split_parts([LossPart("sft", sft_batch(pad, 0, rows=1))], 2)
+
+
+def test_reward_model_training_matches_one_process_and_exports_whole(ray_local, tiny_checkpoint, pad, tmp_path):
+    """Bradley-Terry steps on 2 ranks (the reward stage's group) = on one process;
+    the gathered export of the sharded model equals the unsharded one's."""
+    from safetensors.torch import load_file
+
+    from hbat.actors.reward import RewardWorker
+
+    ray = ray_local
+    plain = RewardWorker(tiny_checkpoint, trainable=True, seed=0, torch_threads=1)
+    g = group(ray, RewardWorker, tiny_checkpoint, trainable=True)
+    try:
+        optim = OptimConfig(lr=2e-3)
+        plain.begin_training(optim, 3)
+        g.run("begin_training", optim, 3)
+        for step in range(3):
+            batch = pair_batch(pad, step)
+            a = plain.train_step(batch)
+            b = g.train_rows("train_step", batch, batch["input_ids"].shape[0] // 2, paired=True).get()
+            assert a["rm/loss"] == pytest.approx(b["rm/loss"], rel=1e-5)
+            assert a["rm/grad_norm"] == pytest.approx(b["rm/grad_norm"], rel=1e-4)
+        g.run("end_training")
+        plain.end_training()
+        batch = pair_batch(pad, 9)
+        torch.testing.assert_close(plain.score_batch(batch), g.map_rows("score_batch", batch).get(), atol=ATOL, rtol=0)
+        plain.save_pretrained(str(tmp_path / "plain"))
+        g.run("save_pretrained", str(tmp_path / "sharded"))
+        a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "sharded" / "model.safetensors")
+        assert a.keys() == b.keys()
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < ATOL
+    finally:
+        kill(ray, g)
