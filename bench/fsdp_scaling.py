@@ -95,6 +95,31 @@ def run(rank: int, world: int, args, port: int, out) -> None:
         w.leave_group()
 
 
+def _param_count(model: str) -> int:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        from transformers import AutoConfig
+
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    return sum(p.numel() for p in m.parameters())
+
+
+def matmul_ceiling(threads: int, n: int = 2048, dtype=torch.float32) -> float:
+    """FLOP/s of a square matmul on this machine with ``threads`` threads (best of 5)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def measure(world: int, args) -> list[dict]:
     import socket
 
@@ -128,6 +153,10 @@ def main() -> None:
     args.model = resolve_model_path(args.model)
     one = measure(1, args)
     two = measure(2, args)
+    ceiling = matmul_ceiling(args.threads)
+    n_params = _param_count(args.model)
+    tokens = args.batch * args.seq
+    floor = 6 * n_params * tokens / ceiling  # forward + backward matmuls of a dense decoder, attention aside
     mib = 1024**2
     lines = [
         "# Training state and step time per rank: 1 process vs a 2-rank FSDP2 group",
@@ -156,8 +185,13 @@ def main() -> None:
         "",
         f"- training state per rank, 2 ranks / 1 process: **{s2 / s1:.3f}** (1/2 is the ideal; the remainder is "
         "padding of shards to equal size)",
-        f"- step time, 2 ranks / 1 process: **{t2 / t1:.2f}×** (same cores, same FLOPs: ≥ 1 is expected here; "
-        "on N devices the per-rank work is 1/N of the batch)",
+        f"- step time, 2 ranks / 1 process: **{t2 / t1:.2f}×** on the same {os.cpu_count()} cores and the same "
+        "FLOPs (the ranks add gathers and reduce-scatters; two 1-thread processes may use the cores better than "
+        "one 2-thread process); on N devices each rank computes 1/N of the batch",
+        f"- FLOP floor of the step: 6 × {n_params / 1e6:.1f} M parameters × {tokens} tokens = "
+        f"{6 * n_params * tokens / 1e12:.2f} TFLOP at the measured fp32 matmul ceiling of "
+        f"{ceiling / 1e9:.0f} GFLOP/s ({args.threads} threads, 2048² matmul) = **{floor:.2f} s**; "
+        f"1 process reaches {floor / t1:.0%} of it, 2 ranks {floor / t2:.0%}",
         f"- losses agree: {one[0]['loss']:.6f} vs {two[0]['loss']:.6f} (the same optimizer steps)",
         "- peak RSS includes the full model each process loads from disk before sharding it.",
     ]
