@@ -249,3 +249,23 @@ def test_penalty_bf16_params_computed_in_fp32():
     pen = ewc.penalty({"w": p})
     assert pen.dtype == torch.float32
     assert pen.item() == pytest.approx(1000 * float(p.detach()[0].float()) ** 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("keep_on_device", [True, False])
+def test_add_gradient_equals_autograd_of_the_penalty(keep_on_device):
+    """The graph-free penalty gradient (what the policy applies) is d penalty / d theta,
+    and its value is the penalty's; bf16 weights get the fp32-computed difference."""
+    torch.manual_seed(0)
+    anchor_state = {"a": torch.randn(5, 3), "b": torch.randn(7), "c": torch.randn(2, 2)}
+    weights = {"a": 0.7, "b": 0.0, "c": 2.5}
+    anchor = EWCAnchor(anchor_state, weights, strength=3.0)
+    params = {k: (v + 0.1 * torch.randn_like(v)).requires_grad_(True) for k, v in anchor_state.items()}
+    pen = anchor.penalty(params)
+    pen.backward()
+    grads = {k: torch.full_like(v, 0.25) for k, v in params.items()}  # existing loss gradients stay
+    value = anchor.add_gradient({k: (p.detach(), grads[k]) for k, p in params.items()}, keep_on_device=keep_on_device)
+    assert value == pytest.approx(float(pen), rel=1e-6)
+    for k, p in params.items():
+        want = (p.grad if p.grad is not None else torch.zeros_like(p)) + 0.25
+        torch.testing.assert_close(grads[k], want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(grads["b"], torch.full_like(grads["b"], 0.25))  # weight 0: untouched

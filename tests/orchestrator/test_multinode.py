@@ -115,3 +115,31 @@ def test_resume_on_a_different_number_of_ranks(ray_local, make_tree, monkeypatch
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-5, worst
+
+
+def test_driver_stops_when_a_node_does_not_see_the_run_folder(ray_local, make_tree, tmp_path):
+    """An actor whose node has another disk at the run folder's path (emulated:
+    its probe lands elsewhere) stops the run with a message naming it."""
+    from hbat.actors.training import RunFolderProbe
+    from hbat.orchestrator.config import ConfigError, validate_config
+    from hbat.orchestrator.roles import Roles
+    from hbat.orchestrator.worker_group import WorkerGroup
+
+    elsewhere = tmp_path / "other-disk"
+
+    class OtherDisk(RunFolderProbe):
+        def probe(self, folder, name):
+            return super().probe(str(elsewhere / Path(folder).name), name)
+
+    ray = ray_local
+    roles = Roles(validate_config(make_tree()), None, 0)
+    good, bad = ray.remote(RunFolderProbe).remote(), ray.remote(OtherDisk).remote()
+    roles.policy = WorkerGroup("policy", [good])
+    roles.reference = WorkerGroup("reference", [bad])
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"not on storage every node sees.*reference-0") as info:
+        roles.check_shared_folder(run_dir)
+    assert "policy-0" not in str(info.value)
+    roles.reference = WorkerGroup("reference", [good])
+    where = roles.check_shared_folder(run_dir)
+    assert set(where) == {"policy-0", "reference-0"} and not (run_dir / ".probe").exists()
