@@ -77,7 +77,9 @@ def shard_model(model: nn.Module, *, compute_dtype: torch.dtype | None, cpu_offl
 
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else \
         MixedPrecisionPolicy()
-    kwargs = {"mp_policy": mp, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    # pinned host memory needs an accelerator; on a CPU-only group the shards are host memory anyway
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    kwargs = {"mp_policy": mp, "offload_policy": offload}
     for layer in decoder_layers(model) if layers is None else layers:
         fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)

@@ -95,9 +95,11 @@ def plain(tiny_checkpoint):
     return w
 
 
-def test_sft_and_dpo_steps_match_one_process(ray_local, tiny_checkpoint, pad, plain):
+@pytest.mark.parametrize("fsdp", [{}, {"cpu_offload": True, "reshard_after_forward": False}],
+                         ids=["default", "offload-noreshard"])
+def test_sft_and_dpo_steps_match_one_process(ray_local, tiny_checkpoint, pad, plain, fsdp):
     ray = ray_local
-    g = group(ray, PolicyWorker, tiny_checkpoint)
+    g = group(ray, PolicyWorker, tiny_checkpoint, fsdp=fsdp)
     try:
         optim = OptimConfig(lr=1e-3, grad_accum=2)
         for w in (plain, g):
