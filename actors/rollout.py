@@ -20,7 +20,7 @@ import torch
 
 from hbat.actors.backends import resolve_backend
 from hbat.actors.experience import Experience
-from hbat.actors.training import RunFolderProbe
+from hbat.actors.training import RunFolderProbe, quiet_transformers
 from hbat.actors.sampling import SamplingSettings
 
 
@@ -101,6 +101,7 @@ class RolloutWorker(RunFolderProbe):
         device: str = "auto",
         vllm_kwargs: dict | None = None,
     ):
+        quiet_transformers()  # no per-actor "Loading weights" bars in the user's terminal
         self._backend_name = resolve_backend(backend)
         if self._backend_name == "vllm":
             from hbat.actors.rollout_vllm import VLLMBackend
