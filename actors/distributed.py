@@ -155,15 +155,10 @@ class GroupMember(RunFolderProbe):
         dist.all_reduce(t)
         return t.cpu()
 
-    def sum_stats(self, stats: dict[str, float], keys_to_sum: set[str] | None = None) -> dict[str, float]:
-        """Sum share-weighted statistics over ranks (every rank gets the same dict).
-
-        Only ``keys_to_sum`` (default: all) are summed; the others are the same on
-        every rank (learning rate, gradient norm) and are kept as they are.
-        Every rank must pass the same keys in the same order.
-        """
-        if not self.distributed:
+    def sum_stats(self, stats: dict[str, float]) -> dict[str, float]:
+        """Sum share-weighted statistics over the ranks (every rank gets the same
+        dict). Every rank must pass the same keys; they are reduced in sorted order."""
+        if not self.distributed or not stats:
             return stats
-        keys = [k for k in stats if keys_to_sum is None or k in keys_to_sum]
-        summed = self.all_sum([stats[k] for k in keys]).tolist() if keys else []
-        return {**stats, **dict(zip(keys, summed))}
+        keys = sorted(stats)
+        return {**stats, **dict(zip(keys, self.all_sum([stats[k] for k in keys]).tolist()))}

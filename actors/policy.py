@@ -66,7 +66,7 @@ class LossPart:
 
 
 
-def _loss_units(kind: str, batch) -> int:
+def loss_units(kind: str, batch) -> int:
     """What a loss part's mean runs over, for exact gradient accumulation:
     loss tokens for token-level losses (SFT, PPO), pairs or rows for the
     sequence-level preference losses."""
@@ -354,7 +354,7 @@ class PolicyWorker(ShardedTrainer):
         k = part.micro_batches or self.optim.grad_accum
         micro = part.batch.minibatches(max(1, -(-len(part.batch) // k))) if isinstance(part.batch, Experience) \
             else split_micro(part.batch, k, paired=part.kind == "pairwise")
-        units = [_loss_units(part.kind, mb) for mb in micro]
+        units = [loss_units(part.kind, mb) for mb in micro]
         total = part.total_units or sum(units)
         for mb, u in zip(micro, units):
             share = u / total if total else 1.0 / len(micro)
@@ -380,7 +380,7 @@ class PolicyWorker(ShardedTrainer):
             self._backward(part, self._loss, metrics)
         if self.active_kind is not None:
             metrics["ewc/penalty"] = self._apply_penalty(self.anchors[self.active_kind])
-        metrics = self.sum_stats(dict(sorted(metrics.items())))
+        metrics = self.sum_stats(metrics)
         metrics["optim/grad_norm"] = self.clip_and_step(self.opt, self.sched, self.optim.grad_clip)
         metrics["optim/lr"] = self.sched.get_last_lr()[0]
         self.version += 1

@@ -43,6 +43,17 @@ def _quiet_single_process():
         yield
 
 
+def _dcp_state(model, opt, tensors: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """What DCP writes or fills: the model's and (unless None) the optimizer's
+    state dicts -- ``get_optimizer_state_dict`` also creates AdamW's lazily made
+    state, so a load has tensors to fill -- and the non-empty tensor groups."""
+    state: dict = {"model": get_model_state_dict(model)}
+    if opt is not None:
+        state["optim"] = get_optimizer_state_dict(model, opt)
+    state.update({f"t.{k}": v for k, v in tensors.items() if v})
+    return state
+
+
 def save_sharded(path: str | Path, model, opt, tensors: dict[str, dict[str, torch.Tensor]], meta: dict,
                  rank: int, rng: dict) -> str:
     """Write ``model`` (and ``opt`` unless None) and ``tensors`` (groups of
@@ -50,12 +61,8 @@ def save_sharded(path: str | Path, model, opt, tensors: dict[str, dict[str, torc
     ``meta`` (rank 0) and this rank's ``rng``. Every rank calls it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state: dict = {"model": get_model_state_dict(model)}
-    if opt is not None:
-        state["optim"] = get_optimizer_state_dict(model, opt)
-    state.update({f"t.{k}": v for k, v in tensors.items() if v})
     with _quiet_single_process():
-        dcp.save(state, checkpoint_id=str(path))
+        dcp.save(_dcp_state(model, opt, tensors), checkpoint_id=str(path))
     if rank == 0:
         atomic_torch_save({**meta, "has_optim": opt is not None, "tensor_groups": sorted(k for k, v in tensors.items() if v)},
                           path / META)
@@ -72,11 +79,7 @@ def load_sharded(path: str | Path, model, opt, templates: dict[str, dict[str, to
     :func:`save_sharded` wrote, resharding to this group's layout. ``templates``:
     for each saved tensor group, tensors laid out like the weights to load it
     into (e.g. ``torch.empty_like(param)``). Returns the loaded groups."""
-    state: dict = {"model": get_model_state_dict(model)}
-    if opt is not None:
-        # get_optimizer_state_dict creates AdamW's lazily made state, so DCP has tensors to load into
-        state["optim"] = get_optimizer_state_dict(model, opt)
-    state.update({f"t.{k}": v for k, v in templates.items() if v})
+    state = _dcp_state(model, opt, templates)
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from hbat.actors.distributed import GroupMember, decoder_layers, full, local, shard_model
+from hbat.actors.distributed import GroupMember, decoder_layers, full, like, local, shard_model
 from hbat.actors.sharded_state import load_rng, load_sharded, read_meta, save_sharded
 from hbat.actors.training import build_optimizer, rng_state, set_rng_state
 from hbat.orchestrator.config import FSDPConfig
@@ -64,7 +64,8 @@ class ShardedTrainer(GroupMember):
                             meta: dict) -> str:
         """DCP folder: weights, optimizer (None: not kept), ``tensors`` (local shards, by group)."""
         params = self.trainable()
-        laid_out = {g: {n: _like(params[n], t) for n, t in group.items()} for g, group in tensors.items()}
+        laid_out = {g: {n: like(params[n], t.to(local(params[n]).device)) for n, t in group.items()}
+                    for g, group in tensors.items()}
         meta = {**meta, "sched": sched.state_dict() if sched is not None else None,
                 "tensor_names": {g: list(group) for g, group in tensors.items()}, "world": self.world}
         return save_sharded(path, self.model, opt, laid_out, meta, self.rank, rng_state())
@@ -89,9 +90,3 @@ class ShardedTrainer(GroupMember):
             set_rng_state(rng)
         tensors = {g: {n: local(t).detach().to("cpu", copy=True) for n, t in group.items()} for g, group in loaded.items()}
         return meta, opt, sched, tensors
-
-
-def _like(param: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
-    from hbat.actors.distributed import like
-
-    return like(param, shard.to(local(param).device))

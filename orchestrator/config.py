@@ -436,12 +436,12 @@ class Config(Section):
             if small:
                 raise ValueError(f"{', '.join(small)} < resources.policy.replicas={n}: every rank of the policy "
                                  "group needs at least one row (pair) of each batch")
-        if self.sharded("critic") and self.ppo.mini_batch_size < r.critic.replicas:
-            raise ValueError(f"ppo.mini_batch_size={self.ppo.mini_batch_size} < resources.critic.replicas="
-                             f"{r.critic.replicas}: every rank of the critic group needs at least one row")
-        if self.sharded("reward") and self.reward_model.batch_size < r.reward.replicas:
-            raise ValueError(f"reward_model.batch_size={self.reward_model.batch_size} < resources.reward.replicas="
-                             f"{r.reward.replicas}: reward-model training gives every rank at least one pair")
+        for role, key, size in (("critic", "ppo.mini_batch_size", self.ppo.mini_batch_size),
+                                ("reward", "reward_model.batch_size", self.reward_model.batch_size)):
+            n = getattr(r, role).replicas
+            if self.sharded(role) and size < n:
+                raise ValueError(f"{key}={size} < resources.{role}.replicas={n}: every rank of the {role} "
+                                 "group needs at least one row (pair) of each batch")
         return self
 
     def sharded(self, role: str) -> bool:

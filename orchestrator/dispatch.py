@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from hbat.actors.experience import Experience
-from hbat.actors.policy import LossPart, _loss_units
+from hbat.actors.policy import LossPart, loss_units
 from hbat.actors.training import split_micro
 
 
@@ -67,7 +67,7 @@ def split_parts(parts: list[LossPart], world: int, grad_accum: int = 1,
     loss units and the group's micro-batch count."""
     per_rank: list[list[LossPart]] = [[] for _ in range(world)]
     for part in parts:
-        total = _loss_units(part.kind, part.batch)
+        total = loss_units(part.kind, part.batch)
         slices = split_rows(part.batch, world, paired=part.kind == "pairwise")
         if len(slices) < world:
             raise ValueError(f"a {part.kind} batch of {_rows(part.kind, part.batch)} rows cannot be split over "

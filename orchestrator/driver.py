@@ -268,8 +268,8 @@ class Driver:
         g = self.roles.policy
         if not fisher or not g.sharded:
             return g.run("end_phase", fisher)
-        per_rank = [split_parts([p], g.world, p.micro_batches or 1) for p in fisher]
-        return GroupCall([a.end_phase.remote([pr[r][0] for pr in per_rank]) for r, a in enumerate(g.actors)]).get()
+        per_rank = split_parts(fisher, g.world)
+        return GroupCall([a.end_phase.remote(parts) for a, parts in zip(g.actors, per_rank)]).get()
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:

@@ -124,25 +124,21 @@ GiB = 2**30
 #: (e.g. planning a cluster run from a laptop). Values are those published in
 #: each repository's ``config.json`` on the Hugging Face hub (Qwen2.5 model
 #: cards / configs, Meta's Llama 3.1 config, HuggingFaceTB's SmolLM2 config).
+_QWEN25_7B = dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                  num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)
+_LLAMA31_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
 KNOWN_ARCHITECTURES: dict[str, dict] = {
-    "Qwen/Qwen2.5-7B-Instruct": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944,
-                                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                                     vocab_size=152064, tie_word_embeddings=False),
-    "Qwen/Qwen2.5-7B": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944,
-                            num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                            vocab_size=152064, tie_word_embeddings=False),
+    "Qwen/Qwen2.5-7B-Instruct": _QWEN25_7B,
+    "Qwen/Qwen2.5-7B": _QWEN25_7B,
     "Qwen/Qwen2.5-1.5B-Instruct": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960,
                                        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                        vocab_size=151936, tie_word_embeddings=True),
     "Qwen/Qwen2.5-0.5B-Instruct": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864,
                                        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                                        vocab_size=151936, tie_word_embeddings=True),
-    "meta-llama/Llama-3.1-8B-Instruct": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
-                                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                                             vocab_size=128256, tie_word_embeddings=False),
-    "meta-llama/Llama-3.1-8B": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
-                                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                                    vocab_size=128256, tie_word_embeddings=False),
+    "meta-llama/Llama-3.1-8B-Instruct": _LLAMA31_8B,
+    "meta-llama/Llama-3.1-8B": _LLAMA31_8B,
     "HuggingFaceTB/SmolLM2-135M-Instruct": dict(model_type="llama", hidden_size=576, intermediate_size=1536,
                                                 num_hidden_layers=30, num_attention_heads=9,
                                                 num_key_value_heads=3, vocab_size=49152,

@@ -76,22 +76,20 @@ def kill(ray, *groups):
             ray.kill(a)
 
 
-def assert_same_weights(plain: dict, sharded: dict):
-    assert plain.keys() == sharded.keys()
-    worst = max(float((plain[k] - sharded[k]).abs().max()) for k in plain)
+def assert_same_weights(plain: "PolicyWorker", sharded: dict):
+    """The unsharded worker's weights equal ``sharded``, and they moved from the start."""
+    weights = plain.export_weights()[1]
+    assert weights.keys() == sharded.keys()
+    worst = max(float((weights[k] - sharded[k]).abs().max()) for k in weights)
     assert worst < ATOL, f"weights differ by up to {worst:.2e}"
-    moved = max(float((plain[k] - v).abs().max()) for k, v in _initial.items() if k in plain) if _initial else 1.0
+    moved = max(float((weights[k] - v).abs().max()) for k, v in plain.start_weights.items())
     assert moved > 1e-4, "the steps did not move the weights: the comparison would be vacuous"
-
-
-_initial: dict = {}
 
 
 @pytest.fixture
 def plain(tiny_checkpoint):
     w = PolicyWorker(tiny_checkpoint, seed=0, torch_threads=1)
-    _initial.clear()
-    _initial.update(w.export_weights()[1])
+    w.start_weights = w.export_weights()[1]
     return w
 
 
@@ -116,7 +114,7 @@ def test_sft_and_dpo_steps_match_one_process(ray_local, tiny_checkpoint, pad, pl
             part = LossPart("pairwise", batch, options={"loss": "dpo", "beta": 0.1})
             a, b = plain.train_step([part]), g.train([part], optim).get()
             assert a["pref/loss"] == pytest.approx(b["pref/loss"], rel=1e-5, abs=1e-6)
-        assert_same_weights(plain.export_weights()[1], g.run("export_weights")[1])
+        assert_same_weights(plain, g.run("export_weights")[1])
     finally:
         kill(ray, g)
 
@@ -149,11 +147,8 @@ def test_ppo_policy_and_critic_match_one_process(ray_local, tiny_checkpoint, pad
             ca = critic.train_step(exp, 0.2)
             cb = cg.train_rows("train_step", exp, int(exp.action_mask.sum()), 0.2).get()
             assert ca["critic/value_loss"] == pytest.approx(cb["critic/value_loss"], rel=1e-5)
-        assert_same_weights(plain.export_weights()[1], g.run("export_weights")[1])
-        crit_plain = {k: v for k, v in critic.model.state_dict().items()}
-        crit_group = cg.map_rows("values", exp).get()
-        torch.testing.assert_close(critic.values(exp), crit_group, atol=ATOL, rtol=0)
-        assert crit_plain
+        assert_same_weights(plain, g.run("export_weights")[1])
+        torch.testing.assert_close(critic.values(exp), cg.map_rows("values", exp).get(), atol=ATOL, rtol=0)
     finally:
         kill(ray, g, cg)
 
@@ -187,8 +182,7 @@ def test_ewc_importances_and_penalty_match_one_process(ray_local, tiny_checkpoin
         def group_end(fisher):
             if not fisher:
                 return g.run("end_phase", None)
-            per = [split_parts([p], 2) for p in fisher]
-            return GroupCall([a.end_phase.remote([pr[r][0] for pr in per]) for r, a in enumerate(g.actors)]).get()
+            return GroupCall([a.end_phase.remote(p) for a, p in zip(g.actors, split_parts(fisher, 2))]).get()
 
         end_b, pens_b = _ewc_phases(group_end, g.run, lambda parts, o: g.train(parts, o).get(), pad, ewc)
         assert end_a == pytest.approx(end_b, rel=1e-6)
@@ -199,7 +193,7 @@ def test_ewc_importances_and_penalty_match_one_process(ray_local, tiny_checkpoin
         assert pens_a[1] > 0
         assert pens_a == pytest.approx(pens_b, rel=1e-5)
         assert plain.ewc_penalty("sft") == pytest.approx(g.run("ewc_penalty", "sft"), rel=1e-5)
-        assert_same_weights(plain.export_weights()[1], g.run("export_weights")[1])
+        assert_same_weights(plain, g.run("export_weights")[1])
     finally:
         kill(ray, g)
 
@@ -246,7 +240,7 @@ def test_sharded_checkpoint_resumes_on_two_ranks_and_on_one(ray_local, tiny_chec
             assert torch.equal(v, saved[k]), k
         one = plain.train_step([nxt])
         assert one["ewc/penalty"] == pytest.approx(after["ewc/penalty"], rel=1e-5)
-        assert_same_weights(plain.export_weights()[1], want)
+        assert_same_weights(plain, want)
     finally:
         kill(ray, g)
 
