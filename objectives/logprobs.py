@@ -54,9 +54,13 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
         )
     targets = input_ids[:, 1:].long()
     rows = []
-    for b in range(logits.shape[0]):
-        z = logits[b, :-1].float()  # [T-1, V]; one row at a time bounds fp32 memory
-        picked = z.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1)
+    # unbind, not logits[b]: the backward of ``unbind`` stacks the row grads
+    # once, while each ``logits[b]`` select would allocate and fill its own
+    # zero [B,T,V] gradient (B of them: quadratic in the batch, measured as
+    # 15 % of a DPO step on the 135M model)
+    for row, tgt in zip(logits.unbind(0), targets.unbind(0)):
+        z = row[:-1].float()  # [T-1, V]; one row at a time bounds fp32 memory
+        picked = z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
         rows.append(picked - torch.logsumexp(z, dim=-1))
     if not rows:
         return logits.new_zeros((0, max(logits.shape[1] - 1, 0)), dtype=torch.float32)
@@ -91,8 +95,8 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     stays differentiable.
     """
     rows = []
-    for b in range(logits.shape[0]):
-        z = logits[b].float()
+    for row in logits.unbind(0):  # unbind: one stacked row-gradient in backward (see token_logprobs)
+        z = row.float()
         p = torch.softmax(z, dim=-1)
         # banned tokens (logit -inf) have p = 0; zero them so 0 * -inf is not NaN
         z_finite = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
