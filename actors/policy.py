@@ -334,7 +334,10 @@ class PolicyWorker(ShardedTrainer):
     def _ppo_loss(self, part: LossPart):
         e: Experience = part.batch.to(self.device)
         logp, logits, s = self._logps(e.sequences, e.attention_mask, e.action_mask, e.temperature)
-        loss, stats = ppo_policy_loss(logp, e.logprobs, e.advantages, e.action_mask, part.options.get("clip_eps", 0.2))
+        # no stored old log-probs: the batch gets one update, so the policy that
+        # sampled it is this one (ratio 1; see PPOStep.score)
+        old = e.logprobs if e.logprobs is not None else logp.detach()
+        loss, stats = ppo_policy_loss(logp, old, e.advantages, e.action_mask, part.options.get("clip_eps", 0.2))
         with torch.no_grad():
             ent = masked_mean(entropy_from_logits(logits[:, :-1]), e.action_mask[:, s:])
         return loss, {"ppo/policy_loss": loss.item(), "ppo/entropy": float(ent),

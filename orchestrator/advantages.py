@@ -44,9 +44,14 @@ def compute_targets(exp: Experience, ppo, group_size: int) -> tuple[Experience, 
         if ppo.missing_eos_penalty:
             raw = raw - ppo.missing_eos_penalty * truncated.to(raw.dtype)
     scores = normalize_scores(raw, clip=ppo.score_clip, whiten=ppo.whiten_scores)
-    kl = kl_estimate(exp.logprobs, exp.ref_logprobs, ppo.kl_estimator) * mask
+    # without a KL term the step skips the reference (and maybe the old-policy)
+    # forward: the KL is then exactly 0 and is not reported
+    measured_kl = exp.logprobs is not None and exp.ref_logprobs is not None
+    logp = exp.logprobs if measured_kl else torch.zeros_like(mask, dtype=torch.float32)
+    ref = exp.ref_logprobs if measured_kl else logp
+    kl = kl_estimate(logp, ref, ppo.kl_estimator) * mask
     if ppo.advantage == "gae":
-        token_rewards = kl_penalized_rewards(scores, exp.logprobs, exp.ref_logprobs, mask, ppo.kl_coef, ppo.kl_estimator)
+        token_rewards = kl_penalized_rewards(scores, logp, ref, mask, ppo.kl_coef, ppo.kl_estimator)
         adv, ret = gae_advantages(token_rewards, exp.values, mask, ppo.gamma, ppo.lam)
     else:
         seq = scores - ppo.kl_coef * masked_sum(kl, mask, dim=1)
@@ -59,10 +64,11 @@ def compute_targets(exp: Experience, ppo, group_size: int) -> tuple[Experience, 
     stats = {
         "ppo/score": float(raw.mean()),
         "ppo/score_std": float(raw.std()) if len(raw) > 1 else 0.0,
-        "ppo/kl": float(masked_sum(kl, mask, dim=1).mean()),
         "ppo/response_len": float(mask.sum(1).float().mean()),
         "ppo/advantage_mean": float(masked_mean(adv, mask)),
     }
+    if measured_kl:
+        stats["ppo/kl"] = float(masked_sum(kl, mask, dim=1).mean())
     if truncated is not None:
         stats["ppo/truncated_frac"] = float(truncated.float().mean())
     if exp.values is not None and ppo.advantage == "gae":

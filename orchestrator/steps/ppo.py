@@ -3,7 +3,7 @@
 One step reads as the flow of experience through the roles:
 
     rollout  -> the rollout replicas sample responses to the step's prompts
-    score    -> old-policy and reference log-probs, rewards and values, in parallel
+    score    -> rewards, and the old-policy/reference log-probs and values that are used
     targets  -> token rewards, advantages and returns (driver-side tensor math)
     update   -> ppo_epochs x mini-batches of policy (and critic) optimizer steps
     sync     -> the rollout replicas load the updated policy weights
@@ -69,16 +69,44 @@ class PPOStep(StepRunner):
         return self.roles.sample(examples, seed=seed)
 
     def score(self, exp: Experience) -> Experience:
-        """Old-policy and reference log-probs, reward scores and critic values, computed in parallel.
+        """Old-policy and reference log-probs, reward scores and critic values.
 
-        Every role's replicas (a sharded group's ranks) each take a slice of the rows.
+        Every role's replicas (a sharded group's ranks) each take a slice of
+        the rows. Only the passes whose results are used run:
+
+        * the reference forward only with a KL term (``ppo.kl_coef > 0``);
+        * the old-policy forward only when the batch gets more than one
+          update (:meth:`reuses_rollout`) or the KL term needs it -- with one
+          update per batch the training forward's own detached log-probs are
+          the old ones (ratio exactly 1, as TRL does), so a second identical
+          forward is wasted;
+        * the reward model only when ``reward_model.model_weight`` is non-zero
+          (the reward actor then holds rules only, see ``Config.reward_uses_model``).
+
+        The calls overlap only when every role they go to has its own GPU;
+        roles sharing CPU cores run one after another, each with all its
+        threads, instead of three processes fighting over the same cores.
         """
-        r = self.roles
-        calls = {"logprobs": r.policy.map_rows("logprobs", exp), "ref_logprobs": r.reference.map_rows("logprobs", exp),
-                 "scores": r.reward.map_rows("score", exp)}
+        r, c = self.roles, self.cfg.ppo
+        jobs = {"scores": ("reward", lambda: r.reward.map_rows("score", exp))}
+        if c.kl_coef > 0:
+            jobs["ref_logprobs"] = ("reference", lambda: r.reference.map_rows("logprobs", exp))
+        if c.kl_coef > 0 or self.reuses_rollout(len(exp)):
+            jobs["logprobs"] = ("policy", lambda: r.policy.map_rows("logprobs", exp))
         if r.critic is not None:
-            calls["values"] = r.critic.map_rows("values", exp)
-        return exp.with_fields(**{k: c.get() for k, c in calls.items()})
+            jobs["values"] = ("critic", lambda: r.critic.map_rows("values", exp))
+        res = self.cfg.resources
+        if all(getattr(res, role).num_gpus > 0 for role, _ in jobs.values()):
+            calls = {k: start() for k, (_, start) in jobs.items()}
+            return exp.with_fields(**{k: call.get() for k, call in calls.items()})
+        return exp.with_fields(**{k: start().get() for k, (_, start) in jobs.items()})
+
+    def reuses_rollout(self, rows: int) -> bool:
+        """True when a rollout batch of ``rows`` gets more than one optimizer step
+        (several ``ppo_epochs`` or mini-batches): only then can the policy have
+        moved between sampling and a later update, so only then are stored
+        old-policy log-probs needed for the importance ratio."""
+        return self.cfg.ppo.ppo_epochs > 1 or rows > self.cfg.ppo.mini_batch_size
 
     def update(self, exp: Experience, ctx: StepContext, first_optimizer_step: int) -> dict:
         """``ppo_epochs`` passes of shuffled mini-batches; one policy (and critic) optimizer step each."""

@@ -165,6 +165,24 @@ def test_first_ppo_step_ratio_is_one_with_lora_dropout(tiny, pad):
         assert (s["ppo/approx_kl"] == 0.0) is zero, (disable, s["ppo/approx_kl"])
 
 
+def test_update_without_stored_old_logprobs_equals_update_with_them(tiny, pad):
+    """One update on a fresh batch (what PPOStep sends when the batch gets no
+    second update): the training forward's detached log-probs as the old ones
+    give exactly the step that stored old-policy log-probs give."""
+    exp = _experience(pad)
+    adv = torch.linspace(-1, 1, len(exp))[:, None] * exp.action_mask
+    start = {k: v.clone() for k, v in worker(tiny).model.state_dict().items()}
+    weights = []
+    for stored in (True, False):
+        w = worker(tiny)
+        w.begin_phase("preference", {"lr": 1e-2}, 1)
+        w.train_step([LossPart("ppo", exp.with_fields(advantages=adv, logprobs=w.logprobs(exp) if stored else None))])
+        weights.append(w.model.state_dict())
+    assert max(float((weights[1][k] - start[k]).abs().max()) for k in start) > 1e-4  # it learned
+    for k in start:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=1e-6)
+
+
 def test_logprobs_use_the_sampling_temperature(tiny, pad):
     w = worker(tiny)
     exp = _experience(pad, temperature=0.7)
