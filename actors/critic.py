@@ -28,11 +28,27 @@ class CriticWorker(ShardedTrainer):
         self.opt = self.sched = None
         self.optim = optim_config(None)
         self.total_steps = 1
+        self.steps_done = 0  # optimizer steps over the run: where the run-long LR schedule is
 
     def configure(self, optim, total_steps: int) -> None:
+        """The run's critic optimizer settings; ``total_steps``: its steps over all PPO phases."""
         self.optim = optim_config(optim)
         self.total_steps = total_steps
-        self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)
+        self.steps_done = 0
+        self.opt = self.sched = None
+
+    def begin_phase(self) -> None:
+        """AdamW state for a PPO phase (kept when a mid-phase checkpoint restored it).
+
+        Like the policy, the critic keeps optimizer state only while its
+        phase runs, so a phase-boundary checkpoint carries none; the learning
+        rate schedule still runs over the whole run (``steps_done``).
+        """
+        if self.opt is None:
+            self.opt, self.sched = build_optimizer(self.model, self.optim, self.total_steps, start_step=self.steps_done)
+
+    def end_phase(self) -> None:
+        self.opt = self.sched = None
 
     def _values(self, e: Experience) -> torch.Tensor:
         with self.precision.autocast(self.device):
@@ -52,7 +68,7 @@ class CriticWorker(ShardedTrainer):
         it over the group's ranks; each rank's token mean is weighted by its
         share, so the group-summed gradient is the whole batch's."""
         if self.opt is None:
-            raise RuntimeError("configure() must be called before train_step()")
+            raise RuntimeError("configure() and begin_phase() must be called before train_step()")
         self.model.train()
         e = exp.to(self.device)
         v = self._values(e)
@@ -62,12 +78,14 @@ class CriticWorker(ShardedTrainer):
         stats = self.sum_stats({"critic/value_loss": loss.item() * share, "critic/clipfrac": float(clipfrac) * share,
                                 "critic/value_mean": float(masked_mean(v.detach(), e.action_mask)) * share})
         stats["critic/grad_norm"] = self.clip_and_step(self.opt, self.sched, self.optim.grad_clip)
+        self.steps_done += 1
         return stats
 
     def save_state(self, path: str) -> str:
         """DCP folder (every rank writes its shards), like the policy's."""
         return self.save_training_state(path, self.opt, self.sched, {},
-                                        {"optim": self.optim.model_dump(), "total_steps": self.total_steps})
+                                        {"optim": self.optim.model_dump(), "total_steps": self.total_steps,
+                                         "steps_done": self.steps_done})
 
     def load_state(self, path: str) -> None:
         if str(path).endswith(".pt"):  # an older hbat's single file
@@ -75,14 +93,18 @@ class CriticWorker(ShardedTrainer):
             self.model.load_state_dict(st["model"])
             if st["opt"] is not None:
                 self.configure(st["optim"], st["total_steps"])
+                self.begin_phase()
                 self.opt.load_state_dict(st["opt"])
                 self.sched.load_state_dict(st["sched"])
+                self.steps_done = self.sched.last_epoch
             return
         from hbat.actors.sharded_state import read_meta
 
         m = read_meta(path)
         self.optim, self.total_steps = optim_config(m["optim"]), m["total_steps"]
         _, self.opt, self.sched, _ = self.load_training_state(path, self.optim, self.total_steps)
+        sched = m.get("sched") or {}
+        self.steps_done = m.get("steps_done", sched.get("last_epoch", 0))
 
     def ping(self) -> bool:
         return True

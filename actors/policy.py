@@ -141,6 +141,8 @@ class PolicyWorker(ShardedTrainer):
         self.optim = optim_config(optim)
         if anchor and anchor not in self.anchors:
             raise ValueError(f"no EWC anchor recorded for phase kind '{anchor}' yet")
+        if anchor and getattr(self.anchors[anchor], "released", False):
+            raise ValueError(f"the EWC anchor of phase kind '{anchor}' was released as unused by the plan")
         self.total_steps = total_steps
         self.opt, self.sched = build_optimizer(self.model, self.optim, total_steps)
         self.phase = kind
@@ -175,6 +177,7 @@ class PolicyWorker(ShardedTrainer):
                 anchor = EWCAnchor.from_fisher(self.local_snapshot(), imp, s.strength,
                                                s.resolved_normalize, s.resolved_max_weight)
             anchor.view = "params" if s.method == "fisher" else self._view()
+            anchor.recorded_at = self.version  # its tensors are the weights until the next step
             self.anchors[self.phase] = anchor
             weights = list(anchor.weights.values())
             out = {"ewc/anchored_tensors": len(weights), "ewc/mean_weight": sum(weights) / max(1, len(weights)),
@@ -435,6 +438,16 @@ class PolicyWorker(ShardedTrainer):
         """Per-tensor EWC weights of the anchor recorded for ``kind`` (inspection, tests)."""
         return dict(self.anchors[kind].weights)
 
+    def release_anchors(self, kinds: list[str]) -> None:
+        """Drop the tensors of anchors no later phase applies (the driver reads
+        that from the plan): a full copy of the weights each, in memory and in
+        every checkpoint. Their per-tensor weights and raw importances stay
+        (``ewc.accumulate`` builds on them)."""
+        for k in kinds:
+            a = self.anchors.get(k)
+            if a is not None:
+                a.anchor, a.released = {}, True
+
     # -- weights --------------------------------------------------------------
     @torch.no_grad()
     def weights_version(self) -> int:
@@ -473,13 +486,17 @@ class PolicyWorker(ShardedTrainer):
         weights, the running phase's optimizer state (none at a phase boundary),
         the EWC anchors and the phase-start snapshot as shards, the rest in
         ``meta.pt`` (see :mod:`hbat.actors.sharded_state`)."""
-        tensors = {f"anchor.{k}": a.anchor for k, a in self.anchors.items() if getattr(a, "view", "params") == "params"}
+        tensors = {f"anchor.{k}": a.anchor for k, a in self.anchors.items()
+                   if getattr(a, "view", "params") == "params" and not self._anchor_is_weights(a)
+                   and not getattr(a, "released", False)}
         if self._phase_start is not None and self._view() == "params":
             tensors["phase_start"] = self._phase_start
         delta = {k: a.state_dict() for k, a in self.anchors.items() if getattr(a, "view", "params") != "params"}
         meta = {
             "anchors": {k: {"weights": a.weights, "strength": a.strength, "importance": a.importance,
-                            "view": getattr(a, "view", "params")} for k, a in self.anchors.items()},
+                            "view": getattr(a, "view", "params"), "released": getattr(a, "released", False),
+                            "same_as_weights": self._anchor_is_weights(a), "recorded_at": getattr(a, "recorded_at", None)}
+                        for k, a in self.anchors.items()},
             "delta_anchors": delta,  # LoRA delta view (never sharded): small, kept whole
             "phase_start_delta": self._phase_start if self._phase_start is not None and self._view() != "params" else None,
             "optim": self.optim.model_dump(), "phase": self.phase, "ewc": self.ewc,
@@ -487,6 +504,12 @@ class PolicyWorker(ShardedTrainer):
             "steps_in_phase": self.steps_in_phase,
         }
         return self.save_training_state(path, self.opt, self.sched, tensors, meta)
+
+    def _anchor_is_weights(self, a: EWCAnchor) -> bool:
+        """An anchor recorded at the current weight version equals the weights:
+        a checkpoint stores it once, as the weights (each tensor once)."""
+        return getattr(a, "view", "params") == "params" and getattr(a, "recorded_at", None) == self.version \
+            and not getattr(a, "released", False)
 
     def load_state(self, path: str) -> int:
         """Resume from :meth:`save_state`'s folder, whatever group size wrote it
@@ -502,9 +525,15 @@ class PolicyWorker(ShardedTrainer):
         self.anchors = {}
         for k, a in m["anchors"].items():
             if a["view"] == "params":
-                anchor = EWCAnchor(tensors[f"anchor.{k}"], {n: a["weights"][n] for n in tensors[f"anchor.{k}"]},
-                                   a["strength"])
+                if a.get("released"):
+                    anchor = EWCAnchor({}, {}, a["strength"])
+                    anchor.weights, anchor.released = dict(a["weights"]), True
+                else:
+                    stored = self.local_snapshot() if a.get("same_as_weights") else tensors[f"anchor.{k}"]
+                    stored = {n: stored[n] for n in a["weights"]}
+                    anchor = EWCAnchor(stored, a["weights"], a["strength"])
                 anchor.importance = dict(a["importance"])
+                anchor.recorded_at = a.get("recorded_at")
             else:
                 anchor = EWCAnchor.from_state_dict(m["delta_anchors"][k])
             anchor.view = a["view"]

@@ -356,6 +356,7 @@ class RunConfig(Section):
     output_dir: str = "runs"
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0)  # steps; 0 -> only after each phase
+    keep_checkpoints: int = Field(2, ge=1)  # the newest complete checkpoints kept; older ones are deleted
 
 
 class RolloutConfig(Section):

@@ -74,7 +74,7 @@ class Driver:
         self.cfg = cfg
         self.run_dir = cfg.run_dir()
         self.resume = resume
-        self.ckpt = CheckpointManager(self.run_dir, create=False)
+        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.run.keep_checkpoints, create=False)
         self.state = RunState()
         self.plan: list[Phase] = build_plan(cfg)
         # the runner class of every phase kind in the plan (config errors surfaced at validation)
@@ -155,7 +155,8 @@ class Driver:
             if folder is not None:
                 legacy = folder / "policy.pt"  # an older hbat's single-file state
                 self.roles.policy.run("load_state", str(legacy if legacy.is_file() else folder / "policy"))
-                if self.state.reference_version is not None:
+                if self.state.reference_version is not None and (folder / "reference.safetensors").is_file():
+                    # not written when the plan refreshes the reference before using it again
                     ray.get(self.roles.reference.call("load_weights_file", str(folder / "reference.safetensors")))
                 log.info("resumed at phase %d step %d", self.state.phase_index, self.state.step_in_phase)
             for kind, runner in self.runners.items():
@@ -222,6 +223,7 @@ class Driver:
                 self._refresh_reference()
             self.roles.policy.run("begin_phase", phase.kind, setup.optim, self.optimizer_steps(phase, setup),
                                   phase.anchor, c.ewc if phase.record_anchor else None)
+            runner.begin_phase()
             self.metrics.phase_boundary(self.state.global_step, index, phase.name)
         sft_shard = self.data.get("sft").shard(phase.num_shards, phase.shard) if phase.sft_mix else None
 
@@ -255,6 +257,10 @@ class Driver:
             draw = lambda k: self._batch(setup.data, c.sft.batch_size, 20_000 + index, k)  # noqa: E731
             fisher = runner.fisher_parts(draw, c.ewc.fisher_batches, index)
         end_stats = self.end_phase(fisher)
+        runner.end_phase()
+        unused = unused_anchors(self.plan, index)
+        if unused:
+            self.roles.policy.run("release_anchors", unused)
         self.roles.sync_rollout()  # after every optimiser phase: the next PPO phase must not sample a stale policy
         eval_stats = self.evaluate()
         self.metrics.log(self.state.global_step, {**end_stats, **eval_stats}, phase=phase.name)
@@ -296,7 +302,10 @@ class Driver:
     def _checkpoint(self) -> None:
         def write(folder: Path) -> None:
             refs = list(self.roles.policy.all("save_state", str(folder / "policy")).refs)
-            if self.state.reference_version is not None:  # a refreshed reference is not on disk anywhere else
+            # a refreshed reference is not on disk anywhere else -- but only worth
+            # writing if a phase uses it before the plan refreshes it again
+            if self.state.reference_version is not None and reference_used_before_refresh(
+                    self.plan, self.state.phase_index, self.state.step_in_phase):
                 refs.append(self.roles.reference.first("save_weights", str(folder / "reference.safetensors")))
             for runner in self.runners.values():
                 refs += runner.save_state(folder)
@@ -316,6 +325,37 @@ class Driver:
             self.placement.shutdown()
         except Exception:
             pass
+
+
+def unused_anchors(plan: list[Phase], index: int) -> list[str]:
+    """Anchor kinds recorded by phase ``index`` or earlier that no later phase
+    applies before a phase of that kind records it anew: their tensors (a copy
+    of the weights each) can go. HBAT's sft anchor, say, is applied by the
+    next preference phase and dead once the following sft phase begins."""
+    recorded = {p.kind for p in plan[: index + 1] if p.record_anchor}
+    dead = []
+    for kind in sorted(recorded):
+        for q in plan[index + 1:]:
+            if q.anchor == kind:
+                break
+            if q.kind == kind and q.record_anchor:
+                dead.append(kind)
+                break
+        else:
+            dead.append(kind)
+    return dead
+
+
+def reference_used_before_refresh(plan: list[Phase], phase_index: int, step_in_phase: int) -> bool:
+    """Whether a run resumed at (``phase_index``, ``step_in_phase``) uses the
+    reference's current weights: a preference phase runs before any refresh.
+    A phase refreshes the reference only at its step 0."""
+    for i, p in enumerate(plan[phase_index:]):
+        if p.refresh_reference and (i > 0 or step_in_phase == 0):
+            return False
+        if p.kind == "preference":
+            return True
+    return False
 
 
 def train(cfg: Config, resume: bool = False) -> dict:

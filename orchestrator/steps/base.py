@@ -112,6 +112,12 @@ class StepRunner(ABC):
     def begin_run(self, optimizer_steps: int, resume_from: Path | None) -> None:
         """Once per run after the actors start; ``optimizer_steps``: all its phases' optimizer steps."""
 
+    def begin_phase(self) -> None:
+        """At the start of each of its phases (not when resuming inside one)."""
+
+    def end_phase(self) -> None:
+        """At the end of each of its phases, before the phase-boundary checkpoint."""
+
     def save_state(self, folder: Path) -> list:
         """Object refs of the writes of its own actors' state into a checkpoint folder."""
         return []

@@ -135,7 +135,7 @@ class PPOStep(StepRunner):
         exp = self.rollout(draw(0), seed=self.cfg.run.seed * 100_003 + 77_777 + phase_index)
         return [LossPart("ppo", mb) for mb in exp.minibatches(max(1, -(-len(exp) // n)))]
 
-    # -- the critic lives as long as the run ----------------------------------------
+    # -- the critic lives as long as the run; its optimizer state only during PPO phases
     def begin_run(self, optimizer_steps: int, resume_from: Path | None) -> None:
         critic = self.roles.critic
         if critic is None:
@@ -146,6 +146,14 @@ class PPOStep(StepRunner):
                 if (resume_from / name).exists():
                     critic.run("load_state", str(resume_from / name))
                     break
+
+    def begin_phase(self) -> None:
+        if self.roles.critic is not None:
+            self.roles.critic.run("begin_phase")
+
+    def end_phase(self) -> None:
+        if self.roles.critic is not None:
+            self.roles.critic.run("end_phase")
 
     def save_state(self, folder: Path) -> list:
         critic = self.roles.critic

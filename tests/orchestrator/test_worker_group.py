@@ -129,7 +129,9 @@ def test_ppo_policy_and_critic_match_one_process(ray_local, tiny_checkpoint, pad
         plain.begin_phase("preference", optim, 3)
         g.run("begin_phase", "preference", optim, 3)
         critic.configure(optim, 3)
+        critic.begin_phase()
         cg.run("configure", optim, 3)
+        cg.run("begin_phase")
         for step in range(3):
             exp = experience(pad, step)
             # old-policy log-probs and values from each side's own forward, split over ranks
