@@ -95,11 +95,17 @@ class PPOStep(StepRunner):
             jobs["logprobs"] = ("policy", lambda: r.policy.map_rows("logprobs", exp))
         if r.critic is not None:
             jobs["values"] = ("critic", lambda: r.critic.map_rows("values", exp))
-        res = self.cfg.resources
-        if all(getattr(res, role).num_gpus > 0 for role, _ in jobs.values()):
+        if self.overlap(role for role, _ in jobs.values()):
             calls = {k: start() for k, (_, start) in jobs.items()}
             return exp.with_fields(**{k: call.get() for k, call in calls.items()})
         return exp.with_fields(**{k: start().get() for k, (_, start) in jobs.items()})
+
+    def overlap(self, roles) -> bool:
+        """Run calls to these roles at the same time only when each has its own
+        accelerator; roles on CPU share the machine's cores, and two torch
+        processes each running ``torch_threads`` threads on them only slow
+        each other down."""
+        return all(getattr(self.cfg.resources, role).num_gpus > 0 for role in roles)
 
     def reuses_rollout(self, rows: int) -> bool:
         """True when a rollout batch of ``rows`` gets more than one optimizer step
@@ -118,10 +124,14 @@ class PPOStep(StepRunner):
             for mb in exp.minibatches(c.mini_batch_size, gen):
                 parts = mix([LossPart("ppo", mb, options={"clip_eps": c.clip_eps})], ctx, opt_step)
                 opt_step += 1
-                calls = [r.policy.train(parts, self.optim)]
+                starts = [lambda parts=parts: r.policy.train(parts, self.optim)]
                 if r.critic is not None:
-                    calls.append(self.train_critic(mb))
-                for out in (call.get() for call in calls):
+                    starts.append(lambda mb=mb: self.train_critic(mb))
+                if self.overlap(["policy", "critic"] if r.critic is not None else ["policy"]):
+                    outs = [call.get() for call in [start() for start in starts]]
+                else:
+                    outs = [start().get() for start in starts]
+                for out in outs:
                     for k, v in out.items():
                         agg.setdefault(k, []).append(v)
         return {k: sum(v) / len(v) for k, v in agg.items()}
