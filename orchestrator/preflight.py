@@ -436,14 +436,20 @@ def check_compare(cfg, train_tree: dict, resume: bool, overwrite: bool) -> None:
     if tree["model"]["reward"] == "<shared>":
         tree["model"]["reward"] = None
         tree.setdefault("data", {}).setdefault("prompts", tree.get("data", {}).get("preference"))
+    from hbat.orchestrator.config import _set_dotted
+    from hbat.orchestrator.evaluation.sweep import grid
+
     for spec in cfg.specs():  # each method's own tree: its schedule decides the roles
-        t = json.loads(json.dumps(tree))
-        t.setdefault("schedule", {}).update(name=spec.schedule, preference=spec.preference)
-        try:
-            train_cfg = validate_config(t, f"method {spec.name}")
-        except ConfigError:
-            continue  # Comparison.prepare reports invalid trees with the method's name
-        check_train(train_cfg, run_folder=False, data_paths=False)  # demo_data is written by prepare()
+        for setting in grid(cfg.sweep):  # and each sweep setting (a swept model or resource is checked too)
+            t = json.loads(json.dumps(tree))
+            for key, value in setting.items():
+                _set_dotted(t, key, value)
+            t.setdefault("schedule", {}).update(name=spec.schedule, preference=spec.preference)
+            try:
+                train_cfg = validate_config(t, f"method {spec.name}")
+            except ConfigError:
+                continue  # Comparison.prepare reports invalid trees with the method's name (and sweep setting)
+            check_train(train_cfg, run_folder=False, data_paths=False)  # demo_data is written by prepare()
     check_model(cfg.reward_model, "reward_model")
     if cfg.eval.data and not Path(expand_path(cfg.eval.data, "eval.data")).exists():
         raise ConfigError(f"eval.data: no such file or directory: {cfg.eval.data}")

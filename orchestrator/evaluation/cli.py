@@ -105,7 +105,7 @@ def _compare(args) -> int:
     print(summary["markdown"])
     out = Path(cfg.output_dir)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}" + (
-        f", {out / 'metrics.png'}, {out / 'curves.png'}" if cfg.plots else ""))
+        f", {out / 'metrics.png'}, {out / 'curves.png'}, {out / 'tradeoff.png'}" if cfg.plots else ""))
     return 0
 
 
@@ -147,8 +147,9 @@ def register(subparsers) -> None:
 
     c = subparsers.add_parser(
         "compare", help="train several schedules from the same start and compare them (table + plots)",
-        description="Run every method (schedule x PPO/DPO) for every seed, evaluate each final checkpoint with the "
-                    "same suites, and write compare.md / compare.json / metrics.png / curves.png.")
+        description="Run every method (schedule x PPO/DPO) for every seed (and every value of the config's sweep: "
+                    "key), evaluate each final checkpoint with the same suites, and write compare.md / compare.json / "
+                    "metrics.png / curves.png / tradeoff.png.")
     c.add_argument("--config", required=True, help="compare YAML (see configs/compare_small.yaml)")
     c.add_argument("--resume", action="store_true", help="reuse finished runs in output_dir (the table lists them)")
     c.add_argument("--overwrite", action="store_true", help="delete output_dir first")

@@ -11,10 +11,16 @@ different judge. Win rates are against the baseline method's responses of
 the same seed (default ``sft_only``), or against the untrained model
 (``baseline: start``).
 
+With ``sweep:`` (``sweep.py``) each method also runs once per value of a
+training-config key that can change it (``hbat-dpo[ewc.strength=10]``), and
+``tradeoff.png`` (``tradeoff.py``) places every method x setting on an
+instruction-metric vs preference-metric plane.
+
 Outputs in ``output_dir``: ``runs/<method>/seed<k>/`` (the training run and
-its ``eval/``), ``compare.json`` (all numbers, per seed), ``compare.md`` (the
-table, also printed), ``metrics.png`` (bars with error bars across seeds) and
-``curves.png`` (training curves with phase boundaries).
+its ``eval/``; a swept run: ``runs/<method>/<key>=<value>/seed<k>/``),
+``compare.json`` (all numbers, per seed), ``compare.md`` (the table, also
+printed), ``metrics.png`` (bars with error bars across seeds), ``curves.png``
+(training curves with phase boundaries) and ``tradeoff.png``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 import ray
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hbat.models.atomic import atomic_write_bytes
 from hbat.orchestrator.config import ConfigError, Section, _resolve_relative_paths, _set_dotted, parse_overrides, \
@@ -40,6 +46,8 @@ from hbat.orchestrator.evaluation.evaluate import evaluate_model, read_metrics
 from hbat.orchestrator.evaluation.report import compare_markdown
 from hbat.orchestrator.evaluation.settings import EvalConfig
 from hbat.orchestrator.evaluation.stats import paired_seed_bootstrap, seed_bootstrap
+from hbat.orchestrator.evaluation.sweep import SweepRun, check_sweep, expand, flatten, folder, method_of
+from hbat.orchestrator.evaluation.tradeoff import TradeoffConfig, tradeoff_points
 from hbat.orchestrator.ray_runtime import ensure_ray
 from hbat.orchestrator.reward_stage import standalone_reward_model
 from hbat.orchestrator.schedules import SCHEDULES
@@ -95,12 +103,21 @@ class CompareConfig(Section):
     eval: EvalConfig = EvalConfig()
     table: list[str] = DEFAULT_TABLE  # metric columns (absent ones are dropped)
     contrasts: list[tuple[str, str]] | None = None  # null -> hbat-X vs two_stage-X for each X run
+    # dotted train-config key -> values: each method x setting x seed is a run (sweep.py)
+    sweep: dict[str, list[Any]] = {}
+    tradeoff: TradeoffConfig = TradeoffConfig()  # the axes of tradeoff.png
     # held-out prompts each training run answers after every phase (its eval/reward curve): the first N of
     # train.data.eval_prompts; 0 = no per-phase probe (faster; curves then show the SFT loss only); null = all
     probe_prompts: int | None = Field(16, ge=0)
     plots: bool = True
     keep_checkpoints: bool = False  # resumable training checkpoints of finished runs (large: optimizer + EWC anchors)
     keep_final: bool = True  # each run's final HF checkpoint (deleted after evaluation when false)
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _dotted(cls, v):
+        """``{ewc: {strength: [..]}}`` (and the override ``sweep.ewc.strength=[..]``) as ``{ewc.strength: [..]}``."""
+        return flatten(v) if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _check(self):
@@ -110,14 +127,18 @@ class CompareConfig(Section):
             raise ValueError(f"methods: duplicate names in {names}")
         if START in names:
             raise ValueError("methods: 'start' is reserved for the untrained model")
-        if self.baseline not in (None, START) and self.baseline not in names:
+        # a method or one of its sweep labels (whether that label is run is known after expansion)
+        if self.baseline not in (None, START) and method_of(self.baseline) not in names:
             raise ValueError(f"baseline '{self.baseline}' is not one of the methods {names}")
         for a, b in self.contrasts or []:
             for x in (a, b):
-                if x not in names + [START]:
+                if method_of(x) not in names + [START]:
                     raise ValueError(f"contrasts: '{x}' is not one of the methods")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: duplicates")
+        problems = check_sweep(self.sweep)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def specs(self) -> list[MethodSpec]:
@@ -150,6 +171,10 @@ def load_compare_config(path: str | Path | None, overrides: list[str] | None = N
         base = Path(path).parent
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
+    if isinstance(tree.get("sweep"), dict):  # one line per swept key, named sweep.<key> (the model says it too)
+        problems = check_sweep(flatten(tree["sweep"]))
+        if problems:
+            raise ConfigError(f"invalid compare config {path or '<defaults>'}:\n  " + "\n  ".join(problems))
     try:
         cfg = CompareConfig.model_validate(tree)
     except ValidationError as exc:
@@ -187,6 +212,9 @@ class Comparison:
                 raise ConfigError(f"output_dir {self.out} is not empty: pass --resume to reuse its finished runs "
                                   "(the table says which) or --overwrite to start afresh")
         self.specs = cfg.specs()
+        self.points: list[SweepRun] = [SweepRun(s) for s in self.specs]  # methods x settings (expand_runs)
+        self.baseline_label = cfg.baseline
+        self.contrast_labels = [tuple(c) for c in cfg.contrast_pairs()]
         self.reused: list[str] = []
         self.runs: list[dict] = []
         self._actors: EvalActors | None = None
@@ -225,25 +253,83 @@ class Comparison:
                 rows = [r.record for r in iter_records(data["eval_prompts"])][: self.cfg.probe_prompts]
                 atomic_write_bytes(probe, "".join(json.dumps(r) + "\n" for r in rows).encode())
                 data["eval_prompts"] = str(probe)
-        # the same validation `hbat train` does, once per method, before anything starts
-        for spec in self.specs:
-            self._train_config(spec, self.cfg.seeds[0], reward="<shared>")
+        # the same validation `hbat train` does, once per run, before anything starts
+        self.expand_runs()
         self.examples = load_eval_set(self.cfg.eval.data, self.cfg.eval.limit)
         self.start_model = self.base_tree.get("model", {}).get("policy", "smollm2-135m")
         self.reference = self.base_tree.get("model", {}).get("reference") or self.start_model
 
-    def _train_config(self, spec: MethodSpec, seed: int, reward: str | None):
+    def expand_runs(self) -> list[SweepRun]:
+        """Methods x sweep settings (``sweep.py``; every run's training config
+        validated), and the baseline and contrasts resolved to run labels.
+        Needs no data, Ray or model: it runs before anything starts."""
+        for spec in self.specs:  # the unswept trees first: their errors name the method alone
+            self._train_config(spec, self.cfg.seeds[0], reward="<shared>")
+        self.points = expand(self.specs, self.cfg.sweep,
+                             lambda spec, setting: self._train_config(spec, self.cfg.seeds[0], "<shared>", setting))
+        for p in self.points:  # a grid's combinations (one key's values are validated by expand)
+            self._train_config(p.method, self.cfg.seeds[0], reward="<shared>", setting=p.setting)
+        labels = [p.label for p in self.points]
+        b = self.cfg.baseline
+        if b not in (None, START):
+            found = self._labels_of(b)
+            if len(found) > 1:
+                raise ConfigError(f"baseline '{b}' runs once per sweep setting ({', '.join(found)}): name one of "
+                                  "these runs as the baseline")
+            if not found:
+                raise ConfigError(f"baseline '{b}' is not a run of this comparison (runs: {', '.join(labels)})")
+            self.baseline_label = found[0]
+        self.contrast_labels = [pair for a, b in self.cfg.contrast_pairs() for pair in self._contrast_runs(a, b)]
+        return self.points
+
+    def run_order(self) -> list[tuple[SweepRun, int]]:
+        """Every (method x setting, seed) run in training order: seed by seed,
+        the baseline's run first (its responses are the others' opponent)."""
+        order = sorted(self.points, key=lambda p: p.label != self.baseline_label)
+        return [(p, seed) for seed in self.cfg.seeds for p in order]
+
+    def _labels_of(self, name: str) -> list[str]:
+        """A run label itself, or every run of a method."""
+        if name == START:
+            return [START]
+        exact = [p.label for p in self.points if p.label == name]
+        return exact or [p.label for p in self.points if p.method.name == name]
+
+    def _contrast_runs(self, a: str, b: str) -> list[tuple[str, str]]:
+        """A contrast of methods as contrasts of runs: each run of one side against
+        the other side's single run, or (both swept) the runs with the same setting."""
+        la, lb = self._labels_of(a), self._labels_of(b)
+        for name, found in ((a, la), (b, lb)):
+            if not found:
+                raise ConfigError(f"contrasts: '{name}' is not a run of this comparison "
+                                  f"(runs: {', '.join(p.label for p in self.points)})")
+        if len(la) > 1 and len(lb) > 1:
+            setting = {p.label: p.setting for p in self.points}
+            return [(x, y) for x in la for y in lb if setting[x] == setting[y]]
+        return [(x, y) for x in la for y in lb if x != y]
+
+    def _train_config(self, spec: MethodSpec, seed: int, reward: str | None, setting: dict | None = None):
+        """One run's training config: the shared tree, the method's overrides, then the sweep setting."""
         tree = copy.deepcopy(self.base_tree)
         for key, value in spec.overrides.items():
             _set_dotted(tree, key, value)
+        for key, value in (setting or {}).items():
+            _set_dotted(tree, key, copy.deepcopy(value))
+        out_dir = self.out / "runs" / spec.name
+        if setting:
+            out_dir = out_dir / folder(setting)
         tree.setdefault("schedule", {}).update(name=spec.schedule, preference=spec.preference)
-        tree.setdefault("run", {}).update(name=f"seed{seed}", output_dir=str(self.out / "runs" / spec.name), seed=seed)
+        tree.setdefault("run", {}).update(name=f"seed{seed}", output_dir=str(out_dir), seed=seed)
         if reward is not None:
             tree.setdefault("model", {})["reward"] = reward
+        name = SweepRun(spec, setting or {}).label
         try:
-            return validate_config(tree, f"method {spec.name}")
+            return validate_config(tree, f"method {name}")
         except ConfigError as exc:
-            raise ConfigError(f"{exc}\n(compare: the training tree of method '{spec.name}')") from None
+            where = f"method '{spec.name}'"
+            if setting:
+                where += " with sweep setting " + ", ".join(f"sweep.{k}={v!r}" for k, v in setting.items())
+            raise ConfigError(f"{exc}\n(compare: the training tree of {where})") from None
 
     def shared_reward_model(self) -> str | None:
         if self.cfg.reward_model:
@@ -268,28 +354,29 @@ class Comparison:
         return validate_config(tree, "reward model")
 
     # -- one method, one seed
-    def run_one(self, spec: MethodSpec, seed: int, baseline: list[str] | None) -> tuple[dict, list[str]]:
+    def run_one(self, point: SweepRun, seed: int, baseline: list[str] | None) -> tuple[dict, list[str]]:
         from hbat.orchestrator.driver import train
 
-        cfg = self._train_config(spec, seed, self.rm)
+        spec, name = point.method, point.label
+        cfg = self._train_config(spec, seed, self.rm, point.setting)
         run_dir = cfg.run_dir()
         eval_dir = run_dir / "eval"
+        ident = {"label": name, "method": spec.name, "setting": point.setting, "seed": seed, "run_dir": str(run_dir)}
         if self.resume and (run_dir / "summary.json").exists() and (eval_dir / "responses.jsonl").exists():
-            self.reused.append(f"{spec.name}/seed{seed}")
+            self.reused.append(f"{name}/seed{seed}")
             metrics, responses = read_metrics(eval_dir)
             info_file = run_dir / "compare_run.json"
             info = json.loads(info_file.read_text()) if info_file.exists() else {}
-            return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": metrics,
-                    "reused": True, **info}, responses
+            return {**ident, "metrics": metrics, "reused": True, **info}, responses
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a run cut off before it finished: start it again
         t0 = time.time()
         summary = train(cfg)
         train_s = time.time() - t0
         t1 = time.time()
-        opponent = baseline if spec.name != self.cfg.baseline else None
+        opponent = baseline if name != self.baseline_label else None
         res = evaluate_model(summary["final_checkpoint"], self._eval_cfg(opponent is not None), examples=self.examples,
-                             baseline_responses=opponent, out_dir=eval_dir, name=f"{spec.name} seed {seed}",
+                             baseline_responses=opponent, out_dir=eval_dir, name=f"{name} seed {seed}",
                              actors=self.actors, baseline_name=self._baseline_name(seed))
         info = {"train_s": round(train_s, 1), "eval_s": round(time.time() - t1, 1),
                 "final": summary["final_checkpoint"], "global_steps": summary["global_steps"]}
@@ -298,11 +385,10 @@ class Comparison:
         if not self.cfg.keep_final:
             shutil.rmtree(summary["final_checkpoint"], ignore_errors=True)
         atomic_write_bytes(run_dir / "compare_run.json", json.dumps(info, indent=2).encode())
-        return {"method": spec.name, "seed": seed, "run_dir": str(run_dir), "metrics": res.metrics, **info}, \
-            res.responses
+        return {**ident, "metrics": res.metrics, **info}, res.responses
 
     def _baseline_name(self, seed: int) -> str | None:
-        b = self.cfg.baseline
+        b = self.baseline_label
         return None if b is None else ("start (untrained model)" if b == START else f"{b} seed {seed}")
 
     def _eval_cfg(self, with_baseline: bool) -> EvalConfig:
@@ -320,14 +406,14 @@ class Comparison:
         if self.resume and (eval_dir / "responses.jsonl").exists():
             self.reused.append(START)
             metrics, responses = read_metrics(eval_dir)
-            return {"method": START, "seed": None, "metrics": metrics, "reused": True}, responses
+            return {"label": START, "method": START, "seed": None, "metrics": metrics, "reused": True}, responses
         t1 = time.time()
         opponent = None if self.cfg.baseline == START else baseline
         res = evaluate_model(self.start_model, self._eval_cfg(opponent is not None), examples=self.examples,
                              baseline_responses=opponent, out_dir=eval_dir, name="start (untrained)",
                              actors=self.actors, baseline_name=self._baseline_name(self.cfg.seeds[0]))
-        return {"method": START, "seed": None, "metrics": res.metrics, "eval_s": round(time.time() - t1, 1)}, \
-            res.responses
+        return {"label": START, "method": START, "seed": None, "metrics": res.metrics,
+                "eval_s": round(time.time() - t1, 1)}, res.responses
 
     # -- everything
     def run(self) -> dict:
@@ -346,22 +432,20 @@ class Comparison:
                 start_row, start_responses = self.run_start(None)
                 self.runs.append(start_row)
             want_start = self.cfg.include_start and self.cfg.baseline != START
-            order = sorted(self.specs, key=lambda s: s.name != self.cfg.baseline)
-            total = len(order) * len(self.cfg.seeds)
-            k = 0
-            for seed in self.cfg.seeds:
-                baseline = start_responses
-                for spec in order:
-                    k += 1
-                    log.info("[%d/%d] %s, seed %d", k, total, spec.name, seed)
-                    row, responses = self.run_one(spec, seed, baseline)
-                    self.runs.append(row)
-                    if spec.name == self.cfg.baseline:
-                        baseline = responses
-                    if want_start and (spec.name == self.cfg.baseline or self.cfg.baseline is None):
-                        # the untrained model, against the first seed's baseline
-                        self.runs.append(self.run_start(baseline)[0])
-                        want_start = False
+            order = self.run_order()
+            baseline, last_seed = start_responses, None
+            for k, (point, seed) in enumerate(order, 1):
+                if seed != last_seed:
+                    baseline, last_seed = start_responses, seed
+                log.info("[%d/%d] %s, seed %d", k, len(order), point.label, seed)
+                row, responses = self.run_one(point, seed, baseline)
+                self.runs.append(row)
+                if point.label == self.baseline_label:
+                    baseline = responses
+                if want_start and (point.label == self.baseline_label or self.baseline_label is None):
+                    # the untrained model, against the first seed's baseline
+                    self.runs.append(self.run_start(baseline)[0])
+                    want_start = False
         finally:
             if self._actors is not None:
                 self._actors.close()
@@ -375,16 +459,19 @@ class Comparison:
         atomic_write_bytes(self.out / "compare.md", md.encode())
         if self.cfg.plots:
             from hbat.orchestrator.evaluation.plots import plot_curves, plot_metric_bars
+            from hbat.orchestrator.evaluation.tradeoff import plot_tradeoff
 
             plot_metric_bars(summary, self.out / "metrics.png")
-            plot_curves([(r["method"], r["seed"], r["run_dir"]) for r in self.runs if r.get("run_dir")],
+            plot_curves([(r["label"], r["seed"], r["run_dir"]) for r in self.runs if r.get("run_dir")],
                         self.out / "curves.png")
+            plot_tradeoff(summary, self.out / "tradeoff.png")
         summary["markdown"] = md
         return summary
 
     def summarize(self, wall_s: float) -> dict:
-        methods = ([START] if any(r["method"] == START for r in self.runs) else []) + [s.name for s in self.specs]
-        by: dict[str, list[dict]] = {m: [r for r in self.runs if r["method"] == m] for m in methods}
+        """Numbers per run label (a method, or a method at one sweep setting), over seeds."""
+        methods = ([START] if any(r["label"] == START for r in self.runs) else []) + [p.label for p in self.points]
+        by: dict[str, list[dict]] = {m: [r for r in self.runs if r["label"] == m] for m in methods}
         names = sorted({k for r in self.runs for k in r["metrics"]})
         results = {}
         for m, rows in by.items():
@@ -392,7 +479,7 @@ class Comparison:
                                             self.cfg.eval.n_boot, self.cfg.eval.seed)
                           for k in names if any(k in r["metrics"] for r in rows)}
         contrasts = []
-        for a, b in self.cfg.contrast_pairs():
+        for a, b in self.contrast_labels:
             ra = {r["seed"]: r for r in by.get(a, [])}
             rb = {r["seed"]: r for r in by.get(b, [])}
             seeds = [s for s in ra if s in rb]
@@ -404,8 +491,13 @@ class Comparison:
                                                   self.cfg.eval.n_boot, self.cfg.eval.seed)
             contrasts.append({"a": a, "b": b, "seeds": seeds, "metrics": cm})
         table = [k for k in self.cfg.table if k in names]
+        points = {p.label: {"method": p.method.name, "setting": p.setting} for p in self.points}
+        tradeoff = self.cfg.tradeoff.resolve(names)
+        if tradeoff.get("x") and tradeoff.get("y"):
+            tradeoff["points"] = tradeoff_points(results, points, tradeoff["x"], tradeoff["y"])
         return {
-            "name": self.cfg.name, "seeds": self.cfg.seeds, "methods": methods, "baseline": self.cfg.baseline,
+            "name": self.cfg.name, "seeds": self.cfg.seeds, "methods": methods, "baseline": self.baseline_label,
+            "sweep": self.cfg.sweep, "points": points, "tradeoff": tradeoff,
             "n_examples": len(self.examples), "eval_set": self.cfg.eval.data, "reward_model": self.rm,
             "reference": self.reference, "table_metrics": table, "all_metrics": names,
             "results": results, "contrasts": [dict(c, metrics={k: v for k, v in c["metrics"].items() if k in table})

@@ -56,6 +56,15 @@ def compare_markdown(summary: dict) -> str:
              "over seeds and prompts]."
              + (f" Win rates are against `{summary['baseline']}`." if summary.get("baseline") else ""),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sweep = summary.get("sweep")
+    if sweep:  # before the table: what the labels mean and which methods ran once
+        swept = {p["method"] for p in summary["points"].values() if p["setting"]}
+        once = [m for m, p in summary["points"].items() if not p["setting"]]
+        note = ("Sweep: " + "; ".join(f"`{k}` in {v}" for k, v in sweep.items())
+                + ", one run per method x setting x seed" + (f" ({', '.join(sorted(swept))})" if swept else ""))
+        if once:
+            note += f"; run once, as the sweep cannot change their training: {', '.join(once)}"
+        lines[4:4] = [note + ".", ""]
     for m in methods:
         row = [m]
         for k in metrics:
@@ -79,4 +88,8 @@ def compare_markdown(summary: dict) -> str:
             for k, d in c["metrics"].items():
                 lines.append(f"| {c['a']} − {c['b']} | {k} | {cell(d['diff'], d['ci_low'], d['ci_high'])} | "
                              f"{', '.join(fmt(v) for v in d['seed_diffs'])} | {fmt(d['seed_std'])} |")
+    t = summary.get("tradeoff") or {}
+    if t.get("x") and t.get("y"):
+        lines += ["", f"Trade-off (tradeoff.png): x = `{t['x']}` (instruction following), y = `{t['y']}` "
+                      "(preference), mean over seeds per method x setting."]
     return "\n".join(lines) + "\n"

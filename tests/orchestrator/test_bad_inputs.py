@@ -277,6 +277,17 @@ CASES = [
          ["--resume and --overwrite"]),
     Case("compare-duplicate-key", lambda c: ["compare", "--config", c.text("c.yaml", "seeds: [0]\nseeds: [1]\n")],
          ["c.yaml, line 2", "duplicate key 'seeds'"]),
+    Case("compare-sweep-unknown-key", lambda c: ["compare", "--config", c.compare(**{"sweep.ewc.strenght": [1, 10]})],
+         ["sweep.ewc.strenght", "unknown key"], SUB),
+    Case("compare-sweep-empty", lambda c: ["compare", "--config", c.compare(**{"sweep.ewc.strength": []})],
+         ["sweep.ewc.strength", "empty list"]),
+    Case("compare-sweep-bad-value", lambda c: ["compare", "--config", c.compare(**{"sweep.ewc.strength": [1, -1]})],
+         ["ewc.strength", "sweep.ewc.strength=-1"]),
+    Case("compare-sweep-bad-policy", lambda c: ["compare", "--config", c.compare(
+        **{"sweep.model.policy": [c.policy, f"{c.tmp}/p"]})], ["model.policy", "does not exist"]),
+    Case("compare-sweep-baseline", lambda c: ["compare", "--config", c.compare(
+        **{"methods": ["sft_only", "hbat-dpo"], "baseline": "hbat-dpo", "sweep.ewc.strength": [1, 10]})],
+         ["baseline 'hbat-dpo' runs once per sweep setting", "hbat-dpo[ewc.strength=10]"]),
 ]
 
 
