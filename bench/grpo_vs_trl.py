@@ -440,13 +440,14 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
         lines.append(f"- {s.name}: {tokens:.0f} tokens -> {train_flops(n_params, int(tokens)) / 1e12:.3f} TFLOP = "
                      f"**{floor:.3f} s**; the median update ({fmt(upd)} s) reaches "
                      f"{fmt(floor / upd if upd else None, '.1%')} of it")
+    critic = " (with GAE also the critic's values; the update also steps the critic)" if adv == "gae" else ""
     lines += ["", "What each split covers:", "",
               ("- hbat (from `metrics.jsonl`): generation = `time/generate_s` (the rollout actor samples the 32 "
                "responses); scoring = `time/score_s` (old-policy log-probs on the policy actor, reference log-probs, "
                "rule reward, in parallel -- hbat computes both forwards even with kl_coef 0 and one epoch); update = "
                "`time/train_s` (advantages + the policy's forward, backward and AdamW step); sync = `time/sync_s` "
                "(the updated weights pushed to the rollout actor); s/iter = `time/step_s` (the whole step, also "
-               "batch assembly). Per-iteration CPU time is not available (the work runs in Ray actors)."),
+               f"batch assembly){critic}. Per-iteration CPU time is not available (the work runs in Ray actors)."),
               ("- TRL (timers in the worker): s/iter = from one optimizer step's end to the next (`on_step_end`), "
                "CPU = the worker process; generation = the policy's `generate`; scoring = the rest of "
                "`_generate_and_score_completions` (tokenising, decoding, reward function, group advantages; no "
