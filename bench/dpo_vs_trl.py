@@ -27,11 +27,20 @@ settings, so it should track within float noise).
 With ``--sft`` the same is done for one SFT step (hbat ``LossPart("sft")`` vs
 ``SFTTrainer`` on the pre-tokenised batch with ``completion_only_loss``).
 
+``--precision fp32,bf16-mixed`` repeats the comparison per precision (hbat
+``PolicyWorker(precision=...)`` with its reference in the precision's frozen
+dtype; TRL ``bf16=True``: autocast over fp32 weights), ``--lora`` adds LoRA
+sections (hbat ``PolicyWorker(lora=LoraConfig(...))``, TRL
+``peft_config=peft.LoraConfig(...)``, the same r / alpha / target modules).
+Each section states the FLOP floor of its steps at the matmul ceiling of its
+compute dtype, measured in this run (``bench/flops.py``).
+
 Usage::
 
     python bench/dpo_vs_trl.py                      # smollm2-135m, K=4, 3 rounds
     python bench/dpo_vs_trl.py --sft                # plus the SFT comparison
     python bench/dpo_vs_trl.py --tiny --steps 3 --rounds 2   # seconds-long smoke
+    python bench/dpo_vs_trl.py --precision fp32,bf16-mixed --lora   # 4 DPO sections
 
 The table is printed and written to ``bench/results/dpo_vs_trl.md``
 (``..._tiny.md`` with ``--tiny``) by this script; never edit it by hand.
@@ -60,6 +69,42 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+from flops import compute_dtype, matmul_ceiling, param_count  # noqa: E402 - bench/ is not a package
+
+#: the LoRA adapters of ``--lora``, the same for both systems (hbat LoraConfig / peft.LoraConfig)
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How the policy is trained: ``precision`` (hbat's name) and full fine-tuning or LoRA."""
+
+    precision: str = "fp32"
+    lora: bool = False
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision != "fp32"
+
+    @property
+    def label(self) -> str:
+        how = (f"LoRA r={LORA['r']} alpha={LORA['alpha']} {LORA['target_modules']}" if self.lora
+               else "full fine-tuning")
+        return f"{self.precision}, {how}"
+
+    def hbat_lora(self):
+        from hbat.orchestrator.config import LoraConfig
+
+        return LoraConfig(**LORA) if self.lora else None
+
+    def peft_config(self):
+        if not self.lora:
+            return None
+        import peft
+
+        return peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                               target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
 
 
 # --------------------------------------------------------------------------- data
@@ -163,12 +208,16 @@ def make_timer_callback():
             self.logs: list[dict] = []
             self.threads: int | None = None
             self.train_begin: float | None = None
+            self.autocast: set[bool] = set()  # torch.is_autocast_enabled("cpu") inside the model's layers
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.train_begin = time.perf_counter()
             self.threads = torch.get_num_threads()
             self.checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
             self.dtype = str(getattr(model, "dtype", "?"))
+            # a hook on an inner layer sees the autocast state the trainer's wrappers set up around forward
+            layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+            layer.register_forward_pre_hook(lambda m, a: self.autocast.add(torch.is_autocast_enabled("cpu")))
 
         def on_step_begin(self, args, state, control, **kw):
             self.begin.append(clock())
@@ -192,11 +241,14 @@ def make_timer_callback():
     return StepTimes()
 
 
-def check_trl_setup(timer) -> None:
-    """Fail rather than report an unfair comparison (TRL's defaults are bf16 and gradient checkpointing)."""
+def check_trl_setup(timer, variant: Variant) -> None:
+    """Fail rather than report an unfair comparison (TRL's defaults are bf16 and gradient checkpointing):
+    fp32 master weights without checkpointing, and bf16 autocast exactly when the variant asks for it."""
     if timer.dtype != "torch.float32" or timer.checkpointing:
         raise RuntimeError(f"TRL trained with dtype {timer.dtype}, activation checkpointing {timer.checkpointing}; "
-                           "expected float32 without checkpointing")
+                           "expected float32 (master) weights without checkpointing")
+    if timer.autocast != {variant.bf16}:
+        raise RuntimeError(f"TRL's forwards ran with CPU autocast {sorted(timer.autocast)}; expected {variant.bf16}")
 
 
 def quiet(trainer) -> None:
@@ -222,7 +274,7 @@ def common_trl_args(args, out_dir: str) -> dict:
         "adam_epsilon": 1e-8,
         "max_grad_norm": 1.0,
         "optim": args.trl_optim,
-        "bf16": False,
+        "bf16": args.variant.bf16,  # autocast over fp32 master weights (model_init_kwargs below)
         "fp16": False,
         "activation_checkpointing": False,  # TRL defaults gradient checkpointing on; hbat's default is off
         "logging_steps": 1,
@@ -253,8 +305,12 @@ def trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens: 
         cfg = DPOConfig(**common_trl_args(args, out), beta=args.beta, loss_type=["sigmoid"],
                         precompute_ref_log_probs=False, max_length=None)
         trainer = DPOTrainer(model=model_path, args=cfg, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(conversational_records(records)), callbacks=[timer])
+                             train_dataset=Dataset.from_list(conversational_records(records)), callbacks=[timer],
+                             peft_config=args.variant.peft_config())
         quiet(trainer)
+        ref = trainer.ref_model
+        timer.reference = ("the policy with its adapters disabled (no second model)" if ref is None else
+                           f"a separate frozen model loaded by TRL ({next(ref.parameters()).dtype})")
         token_note = None
         ours = trl_pairwise_rows(examples)
         if check_tokens:
@@ -266,7 +322,7 @@ def trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens: 
         # Same token ids for both systems: replace TRL's tokenised rows by hbat's.
         trainer.train_dataset = Dataset.from_list(ours)
         trainer.train()
-        check_trl_setup(timer)
+        check_trl_setup(timer, args.variant)
         del trainer
     gc.collect()
     return timer, token_note
@@ -301,6 +357,7 @@ def hbat_dpo_round(args, policy, ref, batch):
 def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
     from hbat.actors.policy import PolicyWorker
     from hbat.actors.reference import ReferenceWorker
+    from hbat.models.precision import precision
 
     examples, records, batch = pairwise_batch(tokenizer, args.pairs, data_dir)
     n_tokens = int(batch["attention_mask"].sum())
@@ -308,14 +365,18 @@ def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
     log(f"DPO batch: {args.pairs} pairs -> input_ids {shape} ({n_tokens} non-pad tokens, "
         f"{int(batch['loss_mask'].sum())} response tokens)")
 
-    policy = PolicyWorker(model_path, precision="fp32", device="cpu", seed=args.seed, torch_threads=args.threads)
-    ref = ReferenceWorker(model_path, dtype="float32", device="cpu", torch_threads=args.threads)
+    v: Variant = args.variant
+    policy = PolicyWorker(model_path, precision=v.precision, device="cpu", seed=args.seed, torch_threads=args.threads,
+                          lora=v.hbat_lora())
+    ref_dtype = precision(v.precision).frozen_dtype_name  # what hbat's reference role holds at this precision
+    ref = ReferenceWorker(model_path, dtype=ref_dtype, device="cpu", torch_threads=args.threads)
 
     hb_policy, hb_total, trl = Series("hbat policy step"), Series("hbat ref fwd + policy step"), Series("TRL DPOTrainer")
     hb_ref = Series("hbat ref fwd")
     trl_compute = Series("TRL step begin->end")
     res = {
-        "kind": "DPO", "tokens": n_tokens, "shape": shape,
+        "kind": "DPO", "variant": v, "tokens": n_tokens, "shape": shape, "floor_passes": (6, 8),
+        "hbat_reference": f"a separate ReferenceWorker holding the frozen start weights in {ref_dtype}",
         "rows": [(hb_policy, "policy step only (ref log-probs given)"),
                  (hb_total, "reference forward + policy step"),
                  (trl, "one optimizer step incl. reference forward")],
@@ -341,6 +402,7 @@ def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
             else:
                 timer, note = trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens=r == 0)
                 res["token_note"] = res["token_note"] or note
+                res["trl_reference"] = timer.reference
                 if len(timer.end) != args.steps:
                     raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
                 trl.add(*timer.intervals())
@@ -391,10 +453,11 @@ def trl_sft_round(args, model_path, tokenizer, examples):
         cfg = SFTConfig(**common_trl_args(args, out), completion_only_loss=True, packing=False,
                         padding_free=False, max_length=None)
         trainer = SFTTrainer(model=model_path, args=cfg, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(rows), callbacks=[timer])
+                             train_dataset=Dataset.from_list(rows), callbacks=[timer],
+                             peft_config=args.variant.peft_config())
         quiet(trainer)
         trainer.train()
-        check_trl_setup(timer)
+        check_trl_setup(timer, args.variant)
         del trainer
     gc.collect()
     return timer
@@ -421,9 +484,11 @@ def run_sft(args, model_path, tokenizer, data_dir, log, progress):
     n_tokens = int(batch["attention_mask"].sum())
     shape = tuple(batch["input_ids"].shape)
     log(f"SFT batch: {args.pairs} examples -> input_ids {shape} ({n_tokens} non-pad tokens)")
-    policy = PolicyWorker(model_path, precision="fp32", device="cpu", seed=args.seed, torch_threads=args.threads)
+    v: Variant = args.variant
+    policy = PolicyWorker(model_path, precision=v.precision, device="cpu", seed=args.seed, torch_threads=args.threads,
+                          lora=v.hbat_lora())
     hb, trl = Series("hbat sft step"), Series("TRL SFTTrainer")
-    res = {"kind": "SFT", "tokens": n_tokens, "shape": shape,
+    res = {"kind": "SFT", "variant": v, "tokens": n_tokens, "shape": shape, "floor_passes": (6,),
            "rows": [(hb, "one SFT optimizer step"), (trl, "one SFT optimizer step")],
            "trl": trl, "extra": [], "token_note": None, "threads": [], "loads": [], "checks": None,
            "rounds_done": 0}
@@ -470,9 +535,33 @@ def paired_ratio(a: Series, b: Series, cpu: bool = False) -> tuple[float, list[f
     return statistics.median(per_round), per_round
 
 
+def floor_lines(res: dict, args) -> list[str]:
+    """The FLOP floor of each row at the measured matmul ceiling of the variant's compute dtype.
+
+    Per token: policy forward 2 x params, backward 4 x params (2 with LoRA: no
+    gradients of the frozen matrices, the adapters' own FLOPs neglected),
+    reference forward 2 x params; attention aside.
+    """
+    v: Variant = res["variant"]
+    dtype = compute_dtype(v.precision)
+    ceiling, n_params = args.ceilings[dtype], args.n_params
+    policy = 4 if v.lora else 6
+    factors = [policy, policy + 2, policy + 2] if res["kind"] == "DPO" else [policy, policy]
+    dt = "bf16" if dtype == torch.bfloat16 else "fp32"
+    out = [(f"- FLOP floor at the measured {dt} matmul ceiling of {ceiling / 1e9:.0f} GFLOP/s ({args.threads} threads, "
+            f"2048² matmul), {n_params / 1e6:.2f} M parameters x {res['tokens']} tokens"
+            + (" (LoRA: backward 2 x params per token, no frozen-weight gradients)" if v.lora else "") + ":")]
+    for (s, _), f in zip(res["rows"], factors):
+        floor = f * n_params * res["tokens"] / ceiling
+        out.append(f"  - {s.name}: {f} x params x tokens = {f * n_params * res['tokens'] / 1e12:.3f} TFLOP = "
+                   f"**{floor:.3f} s**; the median step reaches {floor / s.median():.1%} of it")
+    return out
+
+
 def section(res: dict, args) -> list[str]:
     trl: Series = res["trl"]
-    lines = [(f"### {res['kind']}: {res['shape'][0]} sequences x {res['shape'][1]} positions, "
+    v: Variant = res["variant"]
+    lines = [(f"### {res['kind']} ({v.label}): {res['shape'][0]} sequences x {res['shape'][1]} positions, "
              f"{res['tokens']} non-pad tokens per step"), ""]
     if res["rounds_done"] < args.rounds:
         lines += [(f"**PARTIAL: {res['rounds_done']} of {args.rounds} rounds completed for both systems "
@@ -505,21 +594,33 @@ def section(res: dict, args) -> list[str]:
                          + "; ".join("[" + ", ".join(f"{t:.2f}" for t in r) + "]" for r in rounds))
     lines.append("- 1-min load average (start -> end) of each round: "
                  + "; ".join(f"{r}/{sysname} {a:.1f}->{b:.1f}" for r, sysname, a, b in res["loads"]))
-    lines.append(f"- torch threads seen during the timed steps: {res['threads']}; TRL model checked to train in "
-                 "float32 without activation checkpointing, like hbat")
+    lines.append(f"- torch threads seen during the timed steps: {res['threads']}; TRL model checked to train "
+                 "float32 (master) weights without activation checkpointing, like hbat, and with CPU bf16 autocast "
+                 f"{'on' if v.bf16 else 'off'} in its forwards (hbat {v.precision}: "
+                 + ("bf16 autocast where the CPU has native bf16, fp32 master weights and AdamW state"
+                    if v.bf16 else "fp32 throughout") + ")")
+    if res.get("hbat_reference"):
+        lines.append(f"- reference log-probs: hbat from {res['hbat_reference']}; TRL from "
+                     f"{res.get('trl_reference', '?')}")
+    lines += floor_lines(res, args)
     if res["token_note"]:
         lines.append(f"- {res['token_note']}")
     c = res["checks"]
     if c is None:
         return lines + [""]
     hb0, trl0 = c["step0_loss"]
-    ok = abs(hb0 - trl0) <= args.loss_tol
-    lines += ["", f"Loss check (round 1 of each system, identical initial weights and batch; tolerance {args.loss_tol:g}):", "",
+    tol = args.bf16_loss_tol if v.bf16 else args.loss_tol  # bf16: hbat's reference holds bf16 weights
+    ok = abs(hb0 - trl0) <= tol
+    lines += ["", f"Loss check (round 1 of each system, identical initial weights and batch; tolerance {tol:g}):", "",
               (f"- step-0 loss: hbat {hb0:.6f}, TRL {trl0:.6f}, |diff| {abs(hb0 - trl0):.2e} -> "
               f"{'AGREE' if ok else 'DISAGREE'}")]
     if res["kind"] == "DPO":
         lines.append("  (policy = reference at step 0, so the DPO loss there is ln 2 = 0.693147 for any correct "
                      "implementation; the log-probs and later steps below are the informative checks)")
+        if v.bf16:
+            lines.append("  (bf16-mixed: hbat's reference holds bf16 weights while its policy computes from fp32 "
+                         "weights under autocast, so hbat's step-0 loss differs from ln 2 by that rounding; TRL's "
+                         "reference is " + ("the policy itself with adapters off" if v.lora else "an fp32 copy") + ")")
         for key, label in (("step0_mean_logp_chosen", "mean chosen log-prob"),
                            ("step0_mean_logp_rejected", "mean rejected log-prob")):
             a, b = c[key]
@@ -558,7 +659,8 @@ def header(args, model_label: str, wall: float) -> list[str]:
         f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
         (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
         "shared machine, so absolute times are noisy and only the ratios are comparable"),
-        (f"- model: {model_label}, fp32, full fine-tuning; AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
+        (f"- model: {model_label}; {'; '.join(v.label for v in args.variants)} (one section each); "
+        f"AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
         f"betas (0.9, 0.95), eps 1e-8, weight decay 0, grad clip 1.0, constant lr; DPO beta {args.beta:g} (sigmoid)"),
         f"- {args.rounds} rounds, alternating which system goes first; K = {args.steps} steps per system per round",
         "",
@@ -577,15 +679,32 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both systems")
     ap.add_argument("--trl-optim", default="adamw_torch",
-                    help="TRL optim name; adamw_torch = torch.optim.AdamW like hbat (TRL's own default is adamw_torch_fused)")
+                    help="TRL optim name; adamw_torch = torch.optim.AdamW, per-tensor loop (TRL's own default and "
+                         "hbat's kernel: adamw_torch_fused)")
     ap.add_argument("--sft", action="store_true", help="also compare one SFT step (SFTTrainer vs LossPart('sft'))")
     ap.add_argument("--no-dpo", action="store_true", help="skip the DPO comparison (with --sft)")
     ap.add_argument("--loss-tol", type=float, default=1e-3, help="tolerance of the step-0 loss agreement")
+    ap.add_argument("--bf16-loss-tol", type=float, default=2e-2,
+                    help="the same under bf16-mixed (hbat's reference holds bf16 weights, TRL's fp32)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="fp32",
+                    help="comma-separated hbat precisions, one section each: fp32 (default), bf16-mixed "
+                         "(TRL: bf16=True autocast over fp32 weights)")
+    ap.add_argument("--lora", action="store_true",
+                    help=f"also train LoRA adapters (r={LORA['r']}, alpha={LORA['alpha']}, {LORA['target_modules']}): "
+                         "hbat model.lora, TRL peft_config; extra sections after the full fine-tuning ones")
+    ap.add_argument("--lora-only", action="store_true", help="with --lora: skip the full fine-tuning sections")
     ap.add_argument("--out", default=None, help="markdown output (default bench/results/dpo_vs_trl[_tiny].md)")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("--steps must be >= 2 (the first step of each round is warm-up)")
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or any(p not in ("fp32", "bf16-mixed") for p in precisions):
+        ap.error("--precision takes fp32, bf16-mixed or both (comma-separated)")
+    if args.lora_only and not args.lora:
+        ap.error("--lora-only needs --lora")
+    args.variants = ([Variant(p) for p in precisions] if not args.lora_only else []) + \
+        ([Variant(p, lora=True) for p in precisions] if args.lora else [])
 
     try:
         import trl  # noqa: F401
@@ -627,6 +746,11 @@ def main(argv=None) -> int:
             model_label = args.model if model_path == args.model else f"{args.model} ({model_path})"
             log(f"model: {model_label} (resolved in {time.perf_counter() - t:.1f} s)")
         tokenizer = load_tokenizer(model_path)
+        args.n_params = param_count(model_path)
+        args.ceilings = {compute_dtype(v.precision): None for v in args.variants}
+        for dtype in args.ceilings:
+            args.ceilings[dtype] = matmul_ceiling(args.threads, dtype=dtype)
+            log(f"matmul ceiling ({dtype}, {args.threads} threads): {args.ceilings[dtype] / 1e9:.0f} GFLOP/s")
         results: list[dict] = []
 
         def render() -> str:
@@ -642,12 +766,14 @@ def main(argv=None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(render() + "\n")
 
-        if not args.no_dpo:
-            log("== DPO ==")
-            run_dpo(args, model_path, tokenizer, tmp / "data", log, progress)
-        if args.sft:
-            log("== SFT ==")
-            run_sft(args, model_path, tokenizer, tmp / "data", log, progress)
+        for variant in args.variants:
+            args.variant = variant
+            if not args.no_dpo:
+                log(f"== DPO ({variant.label}) ==")
+                run_dpo(args, model_path, tokenizer, tmp / "data", log, progress)
+            if args.sft:
+                log(f"== SFT ({variant.label}) ==")
+                run_sft(args, model_path, tokenizer, tmp / "data", log, progress)
     text = render()
     print()
     print(text)

@@ -41,6 +41,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import matmul_ceiling, param_count  # noqa: E402 - bench/ is not a package
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,31 +98,6 @@ def run(rank: int, world: int, args, port: int, out) -> None:
         w.leave_group()
 
 
-def _param_count(model: str) -> int:
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        from transformers import AutoConfig
-
-        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
-    return sum(p.numel() for p in m.parameters())
-
-
-def matmul_ceiling(threads: int, n: int = 2048, dtype=torch.float32) -> float:
-    """FLOP/s of a square matmul on this machine with ``threads`` threads (best of 5)."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    return 2 * n**3 / best
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def measure(world: int, args) -> list[dict]:
     import socket
 
@@ -154,7 +132,7 @@ def main() -> None:
     one = measure(1, args)
     two = measure(2, args)
     ceiling = matmul_ceiling(args.threads)
-    n_params = _param_count(args.model)
+    n_params = param_count(args.model)
     tokens = args.batch * args.seq
     floor = 6 * n_params * tokens / ceiling  # forward + backward matmuls of a dense decoder, attention aside
     mib = 1024**2
