@@ -19,6 +19,7 @@ from hbat.actors.distributed import full, local
 from hbat.actors.experience import Experience
 from hbat.actors.gathered_export import export_gathered
 from hbat.actors.trainer import ShardedTrainer
+from hbat.actors.weight_transport import WeightPack
 from hbat.actors.training import (
     build_optimizer,
     optim_config,
@@ -453,25 +454,27 @@ class PolicyWorker(ShardedTrainer):
     def weights_version(self) -> int:
         return self.version
 
-    def export_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """(version, plain HF state dict on CPU) for rollout sync and reference refresh.
+    def export_weights(self) -> tuple[int, WeightPack]:
+        """(version, plain HF state dict on the host) for rollout sync and reference refresh.
 
+        The weights travel as a :class:`~hbat.actors.weight_transport.WeightPack`
+        (numpy arrays: Ray's object store moves them zero-copy; read as tensors).
         LoRA adapters are folded into a *copy* of the base weights
         (:func:`merged_state_dict`): merging in place and unmerging again
         drifts the frozen base in bf16, since ``(W + d) - d != W`` there.
         Sharded: every rank joins the gathers, rank 0 returns the weights and
-        the others an empty dict.
+        the others an empty pack.
         """
         if hasattr(self.model, "peft_config"):
-            return self.version, merged_state_dict(self.model)
+            return self.version, WeightPack(merged_state_dict(self.model))
         if self.sharded:
             out = {}
             for k, v in self.model.state_dict().items():
                 t = full(v).detach()
                 if self.rank == 0:
-                    out[k] = t.to("cpu", copy=True)
-            return self.version, out
-        return self.version, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                    out[k] = t
+            return self.version, WeightPack(out)
+        return self.version, WeightPack(self.model.state_dict())
 
     def save_pretrained(self, path: str) -> str:
         """The policy as a Hugging Face folder (sharded: gathered tensor by tensor, rank 0 writes)."""

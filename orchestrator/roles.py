@@ -58,7 +58,7 @@ class Roles:
                                          torch_threads=threads)
         elif role == "rollout":
             group = self.placement.spawn("rollout", RolloutWorker, m.policy, backend=c.rollout.backend,
-                                         dtype=frozen, vllm_kwargs=c.rollout.vllm)
+                                         dtype=frozen, vllm_kwargs=c.rollout.vllm, torch_threads=threads)
         elif role == "reward":
             rm = c.reward_model
             group = self.placement.spawn("reward", RewardWorker, reward_model, dtype=frozen, rules=rm.rule_rewards,

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 
 import ray
-import torch
 from tqdm.auto import tqdm
 
 from hbat.actors.experience import Experience
@@ -68,9 +67,7 @@ class EvalRolloutWorker(RolloutWorker):
     comparison evaluates many checkpoints without restarting actors."""
 
     def __init__(self, model: str, backend: str = "auto", dtype: str = "float32", threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
-        super().__init__(model, backend=backend, dtype=dtype)
+        super().__init__(model, backend=backend, dtype=dtype, torch_threads=threads)
         self._dtype = dtype
 
     def load_checkpoint(self, path: str) -> int:
