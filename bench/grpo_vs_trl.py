@@ -443,8 +443,8 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
     critic = " (with GAE also the critic's values; the update also steps the critic)" if adv == "gae" else ""
     lines += ["", "What each split covers:", "",
               ("- hbat (from `metrics.jsonl`): generation = `time/generate_s` (the rollout actor samples the 32 "
-               "responses); scoring = `time/score_s` (old-policy log-probs on the policy actor, reference log-probs, "
-               "rule reward, in parallel -- hbat computes both forwards even with kl_coef 0 and one epoch); update = "
+               "responses); scoring = `time/score_s` (the rule reward; old-policy and reference log-probs only where "
+               "they are used: with kl_coef 0 and one update per batch hbat runs neither forward); update = "
                "`time/train_s` (advantages + the policy's forward, backward and AdamW step); sync = `time/sync_s` "
                "(the updated weights pushed to the rollout actor); s/iter = `time/step_s` (the whole step, also "
                f"batch assembly){critic}. Per-iteration CPU time is not available (the work runs in Ray actors)."),
