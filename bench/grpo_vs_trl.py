@@ -60,16 +60,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 from flops import compute_dtype, matmul_ceiling, param_count, train_flops  # noqa: E402 - bench/ is not a package
+from run_info import clock, git_rev  # noqa: E402
 
 RULE = "hbat.orchestrator.demo_data:contains_reference"
 PROMPTS_PER_ITER, SAMPLES, MAX_NEW = 8, 4, 32
 MAX_PROMPT_LEN, MAX_LEN = 96, 160
 SPLITS = ("generate", "score", "update", "sync")
-
-
-def clock() -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads)."""
-    return time.perf_counter(), time.process_time()
 
 
 # ----------------------------------------------------------------------- TRL worker
@@ -344,17 +340,6 @@ def paired_ratio(a: System, b: System, key: str) -> tuple[float, list[float]]:
 
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               check=False).stdout
-        return rev + (" (uncommitted changes)" if dirty.strip() else "")
-    except Exception:  # noqa: BLE001 - not a checkout
-        return "unknown"
 
 
 def hbat_override(args, key: str, default):
