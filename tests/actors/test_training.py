@@ -105,6 +105,24 @@ def test_linear_and_constant_schedules():
     assert const == pytest.approx([0.5] * 6)
 
 
+def test_start_step_resumes_the_schedule_where_an_earlier_phase_left_it():
+    """The critic rebuilds its AdamW per PPO phase; its cosine schedule must
+    carry on over the run: the rebuilt optimizer's lr sequence from step k is
+    the fresh schedule's from step k."""
+    s, total = OptimConfig(lr=1e-3, warmup_steps=2, scheduler="cosine"), 10
+    fresh = _lrs(s, total, total + 1)
+    for k in (1, 4, 7):
+        model = torch.nn.Linear(2, 2)
+        opt, sched = build_optimizer(model, s, total, start_step=k)
+        seen = []
+        for _ in range(total + 1 - k):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert seen == pytest.approx(fresh[k:], abs=1e-12), k
+        assert opt.param_groups[0]["lr"] == pytest.approx(sched.get_last_lr()[0])
+
+
 def test_optim_config_crosses_as_itself_or_from_a_dict():
     """The typed section reaches the actor unchanged; a dict (YAML, old checkpoints) is validated into one."""
     c = OptimConfig(lr=2e-5, betas=(0.9, 0.99), grad_accum=3)
