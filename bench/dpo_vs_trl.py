@@ -57,7 +57,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +70,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 from flops import compute_dtype, matmul_ceiling, param_count  # noqa: E402 - bench/ is not a package
+from run_info import clock, git_rev  # noqa: E402
 
 #: the LoRA adapters of ``--lora``, the same for both systems (hbat LoraConfig / peft.LoraConfig)
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
@@ -162,11 +162,6 @@ def conversational_records(records) -> list[dict]:
 
 
 # ------------------------------------------------------------------------ timing
-def clock() -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads)."""
-    return time.perf_counter(), time.process_time()
-
-
 def gaps(marks: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds between consecutive clock marks."""
     return ([b[0] - a[0] for a, b in itertools.pairwise(marks)],
@@ -634,17 +629,6 @@ def section(res: dict, args) -> list[str]:
     lines.append(f"- max |diff| over the {len(hb_l)} steps: {diff:.2e}")
     res["agree"] = ok
     return lines + [""]
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               check=False).stdout
-        return rev + (" (uncommitted changes)" if dirty.strip() else "")
-    except Exception:  # noqa: BLE001 - not a checkout
-        return "unknown"
 
 
 def header(args, model_label: str, wall: float) -> list[str]:

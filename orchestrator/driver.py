@@ -32,7 +32,7 @@ from hbat.orchestrator.ray_runtime import ensure_ray
 from hbat.orchestrator.reward_stage import train_reward_model
 from hbat.orchestrator.roles import Roles
 from hbat.orchestrator.run_data import RunData, batch_indices
-from hbat.orchestrator.schedules import Phase, build_plan
+from hbat.orchestrator.schedules import Phase, build_plan, reference_used_before_refresh, unused_anchors
 from hbat.orchestrator.steps import StepContext, StepRunner, runner_class
 from hbat.orchestrator.worker_group import GroupCall
 
@@ -325,37 +325,6 @@ class Driver:
             self.placement.shutdown()
         except Exception:
             pass
-
-
-def unused_anchors(plan: list[Phase], index: int) -> list[str]:
-    """Anchor kinds recorded by phase ``index`` or earlier that no later phase
-    applies before a phase of that kind records it anew: their tensors (a copy
-    of the weights each) can go. HBAT's sft anchor, say, is applied by the
-    next preference phase and dead once the following sft phase begins."""
-    recorded = {p.kind for p in plan[: index + 1] if p.record_anchor}
-    dead = []
-    for kind in sorted(recorded):
-        for q in plan[index + 1:]:
-            if q.anchor == kind:
-                break
-            if q.kind == kind and q.record_anchor:
-                dead.append(kind)
-                break
-        else:
-            dead.append(kind)
-    return dead
-
-
-def reference_used_before_refresh(plan: list[Phase], phase_index: int, step_in_phase: int) -> bool:
-    """Whether a run resumed at (``phase_index``, ``step_in_phase``) uses the
-    reference's current weights: a preference phase runs before any refresh.
-    A phase refreshes the reference only at its step 0."""
-    for i, p in enumerate(plan[phase_index:]):
-        if p.refresh_reference and (i > 0 or step_in_phase == 0):
-            return False
-        if p.kind == "preference":
-            return True
-    return False
 
 
 def train(cfg: Config, resume: bool = False) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from hbat.orchestrator.schedules.baselines import alternating, joint, ptx, sft_only, two_stage
 from hbat.orchestrator.schedules.hbat import hbat
+from hbat.orchestrator.schedules.lifetimes import reference_used_before_refresh, unused_anchors
 from hbat.orchestrator.schedules.phase import Phase
 
 #: every schedule by name: the one list ``schedule.name``, ``hbat compare``
@@ -60,4 +61,5 @@ def build_plan(cfg) -> list[Phase]:
     return plan
 
 
-__all__ = ["DEFAULT_REFERENCE_REFRESH", "Phase", "SCHEDULES", "build_plan", "reference_refresh"]
+__all__ = ["DEFAULT_REFERENCE_REFRESH", "Phase", "SCHEDULES", "build_plan", "reference_refresh",
+           "reference_used_before_refresh", "unused_anchors"]

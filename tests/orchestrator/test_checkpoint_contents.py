@@ -19,8 +19,8 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from hbat.actors.sharded_state import read_meta
 from hbat.orchestrator.config import validate_config
-from hbat.orchestrator.driver import reference_used_before_refresh, train, unused_anchors
-from hbat.orchestrator.schedules import build_plan
+from hbat.orchestrator.driver import train
+from hbat.orchestrator.schedules import build_plan, reference_used_before_refresh, unused_anchors
 
 
 def _hbat_ppo(make_tree, out, **extra):
