@@ -94,8 +94,29 @@ def disable_dropout(model) -> int:
     return n
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:]) if args and not args[0].is_contiguous() else None
+
+
+def contiguous_lm_head(model) -> None:
+    """Give the output projection a contiguous input.
+
+    Why: generation's prefill projects only the last position,
+    ``hidden[:, -1:, :]`` -- a strided ``[B, 1, H]`` view. torch's CPU
+    ``linear`` on such a view in bf16 does not fold it to a matrix but
+    broadcasts the ``[V, H]`` weight to ``[B, H, V]`` and copies it: measured
+    1.4 s per call for SmolLM2-135M with 32 rows (6 ms when contiguous), a
+    quarter of a bf16 rollout. Copying the ``[B, k, H]`` input costs nothing
+    by comparison.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Module):
+        head.register_forward_pre_hook(_contiguous_input)
+
+
 def _finish(model, device, trainable: bool, gradient_checkpointing: bool, no_dropout: bool = True):
     model.to(resolve_device(device) if isinstance(device, str) else device)
+    contiguous_lm_head(model)
     if trainable:
         if no_dropout:
             disable_dropout(model)

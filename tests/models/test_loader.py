@@ -129,3 +129,22 @@ def test_embedded_smollm2_offline_roundtrip(tmp_path, monkeypatch):
     save_checkpoint(model, tok, tmp_path / "smol")
     again = load_causal_lm(str(tmp_path / "smol"))
     torch.testing.assert_close(again(**ids).logits, logits, rtol=0, atol=0)
+
+
+def test_output_projection_gets_a_contiguous_input_and_the_same_logits(tiny_checkpoint):
+    """Generation's prefill projects ``hidden[:, -1:, :]``, a strided view; torch's
+    CPU bf16 linear then copies a batch-broadcast weight (1.4 s per call on the
+    135M model). The loader's pre-hook hands the head a contiguous input."""
+    import torch
+
+    from hbat.models import load_causal_lm
+
+    model = load_causal_lm(tiny_checkpoint, dtype="bfloat16")
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    ids = torch.randint(0, model.config.vocab_size, (3, 7))
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=1).logits
+        full = model(input_ids=ids).logits
+    assert seen == [True, True]
+    torch.testing.assert_close(last[:, 0], full[:, -1])
