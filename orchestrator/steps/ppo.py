@@ -81,7 +81,10 @@ class PPOStep(StepRunner):
           the old ones (ratio exactly 1, as TRL does), so a second identical
           forward is wasted;
         * the reward model only when ``reward_model.model_weight`` is non-zero
-          (the reward actor then holds rules only, see ``Config.reward_uses_model``).
+          (the reward actor then holds rules only, see ``Config.reward_uses_model``);
+        * the critic's values with autograd kept when the batch gets one
+          update: its optimizer step then backpropagates through this forward
+          instead of running it again (``CriticWorker.values``).
 
         The calls overlap only when every role they go to has its own GPU;
         roles sharing CPU cores run one after another, each with all its
@@ -94,7 +97,9 @@ class PPOStep(StepRunner):
         if c.kl_coef > 0 or self.reuses_rollout(len(exp)):
             jobs["logprobs"] = ("policy", lambda: r.policy.map_rows("logprobs", exp))
         if r.critic is not None:
-            jobs["values"] = ("critic", lambda: r.critic.map_rows("values", exp))
+            # one critic step on this batch: the critic keeps this forward's graph for it
+            single = not self.reuses_rollout(len(exp))
+            jobs["values"] = ("critic", lambda: r.critic.map_rows("values", exp, single))
         if self.overlap(role for role, _ in jobs.values()):
             calls = {k: start() for k, (_, start) in jobs.items()}
             return exp.with_fields(**{k: call.get() for k, call in calls.items()})
@@ -121,7 +126,10 @@ class PPOStep(StepRunner):
         agg: dict[str, list[float]] = {}
         opt_step = first_optimizer_step
         for _ in range(c.ppo_epochs):
-            for mb in exp.minibatches(c.mini_batch_size, gen):
+            # one update per batch: the whole batch in rollout order (a shuffle
+            # changes nothing), so the critic's rows are those it scored
+            batches = exp.minibatches(c.mini_batch_size, gen) if self.reuses_rollout(len(exp)) else [exp]
+            for mb in batches:
                 parts = mix([LossPart("ppo", mb, options={"clip_eps": c.clip_eps})], ctx, opt_step)
                 opt_step += 1
                 starts = [lambda parts=parts: r.policy.train(parts, self.optim)]

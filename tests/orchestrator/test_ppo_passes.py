@@ -61,3 +61,18 @@ def test_several_minibatches_keep_the_old_policy_pass(ray_local, make_tree, monk
     for exp in seen:
         assert exp.logprobs is not None and exp.ref_logprobs is None
 
+
+
+def test_gae_with_one_update_reuses_the_critic_forward(ray_local, make_tree, monkeypatch):
+    """One critic step per batch: the step trains on the rows it scored, in
+    order, so the critic backpropagates through its scoring forward; with two
+    mini-batches it cannot, and runs its forward again."""
+    base = {"ppo.advantage": "gae", "ppo.kl_coef": 0.0, "ppo.steps_per_phase": 2, "ppo.samples_per_prompt": 2,
+            "ppo.prompts_per_step": 2, "ewc.method": "none"}
+    _, rows = _run_recording(make_tree("two_stage", "ppo", name="gae-one-update",
+                                       **base, **{"ppo.mini_batch_size": 4}), monkeypatch)
+    assert len(rows) >= 2 and all(r["critic/single_pass"] == 1.0 for r in rows)
+    assert all(r["critic/clipfrac"] == 0.0 for r in rows)
+    _, rows = _run_recording(make_tree("two_stage", "ppo", name="gae-two-updates",
+                                       **base, **{"ppo.mini_batch_size": 2}), monkeypatch)
+    assert rows and all(r["critic/single_pass"] == 0.0 for r in rows)
