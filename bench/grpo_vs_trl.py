@@ -27,6 +27,7 @@ Usage::
 
     python bench/grpo_vs_trl.py                          # smollm2-135m, fp32, K=4 x 3 rounds
     python bench/grpo_vs_trl.py --precision bf16-mixed
+    python bench/grpo_vs_trl.py --precision bf16-mixed --trl-precision fp32   # hbat bf16 vs TRL's default
     python bench/grpo_vs_trl.py --tiny --rounds 1 --iters 2   # smoke on a tiny random model
     python bench/grpo_vs_trl.py --hbat-set ppo.advantage=gae  # hbat PPO with a critic vs TRL GRPO
 
@@ -303,7 +304,7 @@ def trl_round(args, model_path: str, prompts_file: Path, tmp: Path, r: int) -> d
     out = tmp / f"trl_round{r}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "trl", "--worker-out", str(out),
            "--worker-model", model_path, "--worker-prompts", str(prompts_file), "--iters", str(args.iters),
-           "--threads", str(args.threads), "--precision", args.precision, "--lr", repr(args.lr),
+           "--threads", str(args.threads), "--precision", args.trl_precision, "--lr", repr(args.lr),
            "--trl-optim", args.trl_optim, "--seed", str(args.seed)]
     wall, cpu = run_child(cmd, tmp / f"trl_round{r}.log", args.timeout)
     res = json.loads(out.read_text())
@@ -355,7 +356,7 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
     import trl
 
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
-    ceiling, n_params = ctx["ceiling"], ctx["params"]
+    ceilings, n_params = ctx["ceilings"], ctx["params"]
     adv = hbat_override(args, "ppo.advantage", "grpo")
     kl = hbat_override(args, "ppo.kl_coef", 0.0)
     algo = ("GRPO in both systems, no critic" if adv == "grpo" else
@@ -368,16 +369,19 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
         f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
         (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
          "shared machine, so absolute times are noisy and only the ratios are comparable"),
-        (f"- model: {ctx['model_label']} ({n_params / 1e6:.2f} M parameters), precision {args.precision}, full "
+        (f"- model: {ctx['model_label']} ({n_params / 1e6:.2f} M parameters), precision hbat {args.precision}, "
+         f"TRL {args.trl_precision}, full "
          f"fine-tuning; {PROMPTS_PER_ITER} prompts x {SAMPLES} samples x <= {MAX_NEW} new tokens, temperature 1, "
          f"top-p 1; reward `{RULE}`; {algo}; KL coefficient hbat {kl:g}, TRL beta 0; one AdamW step per iteration (lr {args.lr:g}, "
          f"betas (0.9, 0.95), eps 1e-8, weight decay 0, grad clip 1.0, constant lr)"),
         (f"- hbat overrides (--hbat-set): {' '.join(args.hbat_set) or 'none'}; TRL optim={args.trl_optim} "
          "(hbat: torch AdamW with the fused kernel)"),
-        ("- precision: " + ("fp32 everywhere in both systems" if args.precision == "fp32" else
-                            "hbat bf16-mixed = policy fp32 master weights + bf16 autocast (where the CPU has native "
-                            "bf16), rollout and reference actors hold bf16 weights; TRL bf16=True = fp32 weights, "
-                            "CPU bf16 autocast in generation and update")),
+        ("- precision: " + ("fp32 everywhere in both systems" if args.precision == args.trl_precision == "fp32" else
+                            ("hbat fp32 everywhere" if args.precision == "fp32" else
+                             "hbat bf16-mixed = policy fp32 master weights + bf16 autocast (where the CPU has native "
+                             "bf16), rollout and reference actors hold bf16 weights")
+                            + "; " + ("TRL fp32 everywhere (its default)" if args.trl_precision == "fp32" else
+                                      "TRL bf16=True = fp32 weights, CPU bf16 autocast in generation and update"))),
         (f"- {args.rounds} rounds, alternating which system goes first; K = {args.iters} iterations per system per "
          "round, the first one of each round is warm-up and not timed"),
         "",
@@ -414,11 +418,16 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
         lines.append(f"- {s.name}: wall s " + ", ".join(f"{w:.1f}" for w, _ in s.runs)
                      + "; CPU s " + ", ".join(f"{c:.1f}" for _, c in s.runs))
     lines.append("")
-    dt = "bf16" if compute_dtype(args.precision) == torch.bfloat16 else "fp32"
+    precisions = {"hbat": args.precision, "trl": args.trl_precision}
     lines += [(f"FLOP floor of the update: 6 x {n_params / 1e6:.2f} M parameters x (prompt + response tokens of the "
-               f"{PROMPTS_PER_ITER * SAMPLES} sequences) at the measured {dt} matmul ceiling of "
-               f"{ceiling / 1e9:.0f} GFLOP/s ({args.threads} threads, 2048² matmul):"), ""]
-    for s in present:
+               f"{PROMPTS_PER_ITER * SAMPLES} sequences) at the measured matmul ceiling of the dtype each system "
+               f"computes in (" + ", ".join(f"{str(dt).removeprefix('torch.')} {c / 1e9:.0f} GFLOP/s"
+                                              for dt, c in ceilings.items())
+               + f"; {args.threads} threads, 2048² matmul):"), ""]
+    for key, s in systems.items():
+        if not s.rounds:
+            continue
+        ceiling = ceilings[compute_dtype(precisions[key])]
         tokens = statistics.median([it["prompt_tokens"] + it["gen_tokens"] for r in s.rounds for it in r])
         floor = train_flops(n_params, int(tokens)) / ceiling
         upd = s.median("update")
@@ -480,6 +489,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--trl-optim", default="adamw_torch",
                     help="TRL optim name (hbat uses torch AdamW with fused=True on CPU = adamw_torch_fused)")
+    ap.add_argument("--trl-precision", default=None, choices=["fp32", "bf16-mixed"],
+                    help="TRL's precision when it differs from hbat's (default: the same as --precision), e.g. "
+                         "hbat bf16-mixed against TRL's fp32 default in one run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one system's round")
     ap.add_argument("--out", default=None, help="markdown output (default bench/results/grpo_vs_trl[_tiny].md)")
@@ -488,6 +500,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker-model", help=argparse.SUPPRESS)
     ap.add_argument("--worker-prompts", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.trl_precision = args.trl_precision or args.precision
     if args.worker:
         return trl_worker(args)
     if args.iters < 2:
@@ -531,11 +544,12 @@ def main(argv=None) -> int:
         prompts_file.write_text("".join(json.dumps({"prompt": r["prompt_text"], "reference": r["meta"]["reference"],
                                                     "prompt_ids": list(r["prompt_ids"])}) + "\n" for r in rows))
         mean_prompt = statistics.mean(len(r["prompt_ids"]) for r in rows)
-        dtype = compute_dtype(args.precision)
+        dtypes = sorted({compute_dtype(p) for p in (args.precision, args.trl_precision)}, key=str)
         ctx = {"model_label": model_label, "params": param_count(model_path),
-               "ceiling": matmul_ceiling(args.threads, dtype=dtype)}
-        log(f"{len(rows)} prompts (mean {mean_prompt:.1f} tokens); matmul ceiling {ctx['ceiling'] / 1e9:.0f} GFLOP/s "
-            f"({dtype}); {ctx['params'] / 1e6:.2f} M parameters")
+               "ceilings": {dt: matmul_ceiling(args.threads, dtype=dt) for dt in dtypes}}
+        log(f"{len(rows)} prompts (mean {mean_prompt:.1f} tokens); matmul ceiling "
+            + ", ".join(f"{c / 1e9:.0f} GFLOP/s ({dt})" for dt, c in ctx["ceilings"].items()) + "; "
+            f"{ctx['params'] / 1e6:.2f} M parameters")
         hbat_name = f"hbat train ({str(hbat_override(args, 'ppo.advantage', 'grpo')).upper()})"
         systems = {n: System({"hbat": hbat_name, "trl": "TRL GRPOTrainer"}[n]) for n in names}
         loads: list = []
