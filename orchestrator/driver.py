@@ -52,10 +52,11 @@ class PhaseSetup:
 
 
 def run_roles(cfg: Config) -> list[str]:
-    """The roles a run places: policy and reference always; what the plan's step
-    runners use; rollout (and reward, when one can be had) for the per-phase
+    """The roles a run places: the policy always; what the plan's step runners
+    use (the reference only when a phase reads it: a preference loss, or PPO
+    with a KL term); rollout (and reward, when one can be had) for the per-phase
     probes on ``data.eval_prompts``. Preflight sizes the placement from this too."""
-    roles = ["policy", "reference"]
+    roles = ["policy"]
     kinds = {p.kind for p in build_plan(cfg)} | {"sft"}
     for kind in sorted(kinds):
         for r in runner_class(kind, cfg.schedule.preference).extra_roles(cfg):
@@ -121,7 +122,7 @@ class Driver:
                 self.roles.spawn(role)
         for runner in self.runners.values():
             runner.roles = self.roles
-        ray.get(self.roles.policy.call("ping") + self.roles.reference.call("ping"))
+        ray.get([ref for g in (self.roles.policy, self.roles.reference) if g is not None for ref in g.call("ping")])
 
     def start_scorers(self) -> None:
         """Reward and critic actors, once a reward model exists (or none is used)."""
@@ -155,7 +156,8 @@ class Driver:
             if folder is not None:
                 legacy = folder / "policy.pt"  # an older hbat's single-file state
                 self.roles.policy.run("load_state", str(legacy if legacy.is_file() else folder / "policy"))
-                if self.state.reference_version is not None and (folder / "reference.safetensors").is_file():
+                if (self.roles.reference is not None and self.state.reference_version is not None
+                        and (folder / "reference.safetensors").is_file()):
                     # not written when the plan refreshes the reference before using it again
                     ray.get(self.roles.reference.call("load_weights_file", str(folder / "reference.safetensors")))
                 log.info("resumed at phase %d step %d", self.state.phase_index, self.state.step_in_phase)
@@ -210,7 +212,10 @@ class Driver:
         return [data[i] for i in batch_indices(self.cfg.run.seed, len(data), bs, phase_index, step)]
 
     def _refresh_reference(self) -> None:
-        """The reference becomes the current policy (``reference.refresh``)."""
+        """The reference becomes the current policy (``reference.refresh``); nothing
+        to refresh in a run whose phases never read a reference."""
+        if self.roles.reference is None:
+            return
         version = self.roles.refresh_reference()
         self.state.reference_version = version
         log.info("reference refreshed to the policy (weight version %d)", version)
@@ -304,8 +309,8 @@ class Driver:
             refs = list(self.roles.policy.all("save_state", str(folder / "policy")).refs)
             # a refreshed reference is not on disk anywhere else -- but only worth
             # writing if a phase uses it before the plan refreshes it again
-            if self.state.reference_version is not None and reference_used_before_refresh(
-                    self.plan, self.state.phase_index, self.state.step_in_phase):
+            if (self.roles.reference is not None and self.state.reference_version is not None
+                    and reference_used_before_refresh(self.plan, self.state.phase_index, self.state.step_in_phase)):
                 refs.append(self.roles.reference.first("save_weights", str(folder / "reference.safetensors")))
             for runner in self.runners.values():
                 refs += runner.save_state(folder)

@@ -59,7 +59,9 @@ class StepRunner(ABC):
 
     @classmethod
     def extra_roles(cls, cfg: Config) -> list[str]:
-        """Roles beyond policy and reference its phases use."""
+        """Roles beyond the policy its phases use (``"reference"`` included only
+        when a phase reads reference log-probs: a run that never does places no
+        reference model, and a 7B reference is 14 GB per device not held)."""
         return []
 
     @property

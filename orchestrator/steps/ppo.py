@@ -40,7 +40,9 @@ class PPOStep(StepRunner):
 
     @classmethod
     def extra_roles(cls, cfg) -> list[str]:
-        return ["reward", "rollout"] + (["critic"] if cfg.ppo.advantage == "gae" else [])
+        """The reference only with a KL term: with ``ppo.kl_coef: 0`` nothing reads it."""
+        return (["reward", "rollout"] + (["critic"] if cfg.ppo.advantage == "gae" else [])
+                + (["reference"] if cfg.ppo.kl_coef > 0 else []))
 
     @property
     def data_key(self) -> str:

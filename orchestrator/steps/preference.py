@@ -46,6 +46,10 @@ class PreferenceStep(StepRunner):
         self.options = preference_options(cfg)
 
     @classmethod
+    def extra_roles(cls, cfg) -> list[str]:
+        return ["reference"]  # every preference loss is a log-ratio to the reference
+
+    @classmethod
     def config_errors(cls, cfg) -> list[str]:
         errors = []
         try:

@@ -14,10 +14,12 @@ wrapped to record the experience each step trained on):
 
 from __future__ import annotations
 
+import json
+
 import hbat.orchestrator.steps.ppo as ppo_step
 from hbat.actors.experience import Experience
 from hbat.orchestrator.config import validate_config
-from hbat.orchestrator.driver import Driver
+from hbat.orchestrator.driver import Driver, run_roles
 from hbat.orchestrator.metrics import read_metrics
 
 
@@ -50,6 +52,18 @@ def test_no_kl_and_one_update_skips_reference_and_old_policy(ray_local, make_tre
         assert exp.scores is not None
     assert all("ppo/kl" not in r for r in rows)  # no KL measured, none reported
     assert all(r["ppo/clipfrac"] == 0.0 for r in rows)  # ratio exactly 1 on the only update
+    placed = json.loads((validate_config(tree).run_dir() / "placement.json").read_text())
+    assert "policy-0" in placed and not any(name.startswith("reference") for name in placed)  # nothing reads it
+
+
+def test_reference_is_placed_only_when_a_phase_reads_it(make_tree):
+    def roles(*args, **over):
+        return run_roles(validate_config(make_tree(*args, **over)))
+
+    assert "reference" not in roles("two_stage", "ppo", **{"ppo.kl_coef": 0.0})
+    assert "reference" in roles("two_stage", "ppo", **{"ppo.kl_coef": 0.05})
+    assert "reference" in roles("two_stage", "dpo")
+    assert "reference" in roles("hbat", "dpo")
 
 
 def test_several_minibatches_keep_the_old_policy_pass(ray_local, make_tree, monkeypatch):
