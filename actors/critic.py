@@ -57,8 +57,12 @@ class CriticWorker(ShardedTrainer):
         self._pending = None
 
     def _values(self, e: Experience) -> torch.Tensor:
+        # the prompt block ends where the first response token is scored; a
+        # prompt's samples run it once (not under FSDP: one forward per step there)
+        cols = e.action_mask.any(0).nonzero()
+        prefix = int(cols[0]) + 1 if len(cols) and not self.sharded else 0
         with self.precision.autocast(self.device):
-            return critic_values(self.model, e.sequences, e.attention_mask).float()
+            return critic_values(self.model, e.sequences, e.attention_mask, prefix).float()
 
     def values(self, exp: Experience, keep_graph: bool = False) -> torch.Tensor:
         """Per-token values of ``exp``'s rows, ``[B, T-1]``, zero outside the response.

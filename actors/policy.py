@@ -266,10 +266,11 @@ class PolicyWorker(ShardedTrainer):
     def _logps(self, input_ids, attention_mask, loss_cols, temperature: float = 1.0):
         """Token log-probs ``[B, T-1]`` of the sampling distribution (logits / temperature,
         as the rollout sampled), projecting only the scored positions through the
-        vocabulary (:func:`~hbat.models.scoring.response_token_logprobs`).
-        Returns ``(logps, kept logits, first kept column)``."""
+        vocabulary (:func:`~hbat.models.scoring.response_token_logprobs`), a
+        prefix that rows share run once (not under FSDP, where each forward
+        is a round of all-gathers). Returns ``(logps, kept logits, first kept column)``."""
         return response_token_logprobs(self.model, input_ids, attention_mask, loss_cols, temperature,
-                                       autocast=self.precision.autocast(self.device))
+                                       autocast=self.precision.autocast(self.device), share_prefix=not self.sharded)
 
     def _sft_loss(self, b: dict) -> torch.Tensor:
         """Token-mean NLL of the response tokens (``objectives.sft_loss`` on response positions only)."""

@@ -33,19 +33,33 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return head(pooled).squeeze(-1).float()
 
 
-def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  prefix_len: int = 0) -> torch.Tensor:
     """Per-token values [B, T-1] aligned with shifted token log-probs.
 
     Value at position t estimates the return from choosing token t+1, i.e. it
     is read from the hidden state at t, the same state that produced the
-    logits for token t+1.
+    logits for token t+1. ``prefix_len``: rows sharing their first
+    ``prefix_len`` tokens (a prompt's samples) run them once
+    (``models/shared_prefix.py``); 0 runs every row whole.
     """
+    if prefix_len:
+        from hbat.models.shared_prefix import shared_prefix_hidden
+
+        backbone, head = _backbone_and_head(model, "score")
+        hidden = shared_prefix_hidden(backbone, input_ids, attention_mask, prefix_len)
+        if hidden is not None:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            dropout = getattr(base, "dropout", None)
+            hidden = dropout(hidden) if isinstance(dropout, torch.nn.Module) else hidden
+            return head(hidden)[:, :-1, 0].float()
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B,T,1]
     return logits[:, :-1, 0].float()
 
 
 def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
-                            temperature: float = 1.0, autocast=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                            temperature: float = 1.0, autocast=None,
+                            share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Token log-probs ``[B, T-1]`` (float32; the shift convention of
     ``objectives/logprobs.py``) computed from the logits of the response
     positions only; zeros left of the first column any row scores.
@@ -55,17 +69,23 @@ def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torc
     (transformers' ``logits_to_keep``), ``s`` being the first column any row
     scores, so a long prompt costs no ``[T, V]`` logits and no backward
     through them -- with a vocabulary of 150k the logits are the largest
-    activation of a step. Returns ``(logps, kept logits [B, T-s, V], s)``.
+    activation of a step. Rows that share their first ``s + 1`` tokens (a
+    prompt's GRPO samples, a pair's chosen and rejected) run that prefix once
+    (``models/shared_prefix.py``; ``share_prefix=False``, or a sharded model,
+    runs every row whole). Returns ``(logps, kept logits [B, T-s, V], s)``.
     """
     import contextlib
 
+    from hbat.models.shared_prefix import shared_prefix_logits
     from hbat.objectives import tempered_logits, token_logprobs
 
     T = input_ids.shape[1]
     cols = loss_cols.any(0).nonzero()
     s = int(cols[0]) if len(cols) else max(T - 2, 0)
     with autocast or contextlib.nullcontext():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=T - s).logits
+        logits = shared_prefix_logits(model, input_ids, attention_mask, s) if share_prefix else None
+        if logits is None:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=T - s).logits
     if logits.shape[1] != T - s:  # a model that ignores logits_to_keep
         logits = logits[:, s:]
     logits = tempered_logits(logits, temperature)
