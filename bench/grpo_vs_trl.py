@@ -434,6 +434,12 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
         lines.append(f"- {s.name}: {tokens:.0f} tokens -> {train_flops(n_params, int(tokens)) / 1e12:.3f} TFLOP = "
                      f"**{floor:.3f} s**; the median update ({fmt(upd)} s) reaches "
                      f"{fmt(floor / upd if upd else None, '.1%')} of it")
+        if key == "hbat":  # hbat runs a prompt once for its SAMPLES rows (models/shared_prefix.py)
+            once = statistics.median([it["prompt_tokens"] / SAMPLES + it["gen_tokens"] for r in s.rounds for it in r])
+            floor1 = train_flops(n_params, int(once)) / ceiling
+            lines.append(f"  - counting each prompt once (hbat shares a prompt's forward among its {SAMPLES} samples): "
+                         f"{once:.0f} tokens -> **{floor1:.3f} s**; the median update reaches "
+                         f"{fmt(floor1 / upd if upd else None, '.1%')} of it")
     critic = " (with GAE also the critic's values; the update also steps the critic)" if adv == "gae" else ""
     lines += ["", "What each split covers:", "",
               ("- hbat (from `metrics.jsonl`): generation = `time/generate_s` (the rollout actor samples the 32 "
