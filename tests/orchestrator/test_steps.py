@@ -57,7 +57,7 @@ def test_a_registered_toy_algorithm_runs_in_hbat(ray_local, make_tree, toy_regis
     d = Driver(cfg)
     try:
         summary = d.run()
-        assert d.role_names == ["policy", "reference"]  # it asked for no rollout, reward or critic
+        assert d.role_names == ["policy"]  # it asked for no reference, rollout, reward or critic
     finally:
         d.shutdown()
     rows = [r for r in read_metrics(cfg.run_dir()) if "time/step_s" in r]
