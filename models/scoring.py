@@ -17,8 +17,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _backbone_and_head(model, head_name: str):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     backbone = getattr(base, base.base_model_prefix)
     head = getattr(base, head_name)
     return backbone, head
@@ -49,8 +54,7 @@ def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         backbone, head = _backbone_and_head(model, "score")
         hidden = shared_prefix_hidden(backbone, input_ids, attention_mask, prefix_len)
         if hidden is not None:
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            dropout = getattr(base, "dropout", None)
+            dropout = getattr(unwrap_peft(model), "dropout", None)
             hidden = dropout(hidden) if isinstance(dropout, torch.nn.Module) else hidden
             return head(hidden)[:, :-1, 0].float()
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B,T,1]

@@ -28,6 +28,8 @@ import inspect
 
 import torch
 
+from hbat.models.scoring import unwrap_peft
+
 
 def prefix_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int):
     """``(first row of each distinct prefix [G], each row's group [B])``, or ``None``
@@ -43,13 +45,12 @@ def prefix_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_
 
 def _cache_arg(model) -> str:
     """The forward's KV-cache keyword: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(unwrap_peft(model).forward).parameters else "past_key_values"
 
 
 def _checkpointing(model) -> bool:
     """Activation checkpointing on (read without transformers' deprecation warning)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(base), name):
             return bool(getattr(base, name))

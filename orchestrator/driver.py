@@ -156,8 +156,7 @@ class Driver:
             if folder is not None:
                 legacy = folder / "policy.pt"  # an older hbat's single-file state
                 self.roles.policy.run("load_state", str(legacy if legacy.is_file() else folder / "policy"))
-                if (self.roles.reference is not None and self.state.reference_version is not None
-                        and (folder / "reference.safetensors").is_file()):
+                if self.state.reference_version is not None and (folder / "reference.safetensors").is_file():
                     # not written when the plan refreshes the reference before using it again
                     ray.get(self.roles.reference.call("load_weights_file", str(folder / "reference.safetensors")))
                 log.info("resumed at phase %d step %d", self.state.phase_index, self.state.step_in_phase)
@@ -309,8 +308,9 @@ class Driver:
             refs = list(self.roles.policy.all("save_state", str(folder / "policy")).refs)
             # a refreshed reference is not on disk anywhere else -- but only worth
             # writing if a phase uses it before the plan refreshes it again
-            if (self.roles.reference is not None and self.state.reference_version is not None
-                    and reference_used_before_refresh(self.plan, self.state.phase_index, self.state.step_in_phase)):
+            # (a version exists only where a reference actor was refreshed: see _refresh_reference)
+            if self.state.reference_version is not None and reference_used_before_refresh(
+                    self.plan, self.state.phase_index, self.state.step_in_phase):
                 refs.append(self.roles.reference.first("save_weights", str(folder / "reference.safetensors")))
             for runner in self.runners.values():
                 refs += runner.save_state(folder)
