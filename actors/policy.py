@@ -35,7 +35,6 @@ from hbat.orchestrator.config import EWCConfig, FSDPConfig, LoraConfig, OptimCon
 from hbat.objectives import (
     AUTHORS_CODE_SCALE,
     EWCAnchor,
-    entropy_from_logits,
     get_preference_loss,
     masked_mean,
     masked_sum,
@@ -111,8 +110,10 @@ class PolicyWorker(ShardedTrainer):
         shard: bool = False,
         fsdp: FSDPConfig | dict | None = None,
         offload_anchors: bool = False,
+        packing: str = "auto",
     ):
         self.device = setup_actor(device, torch_threads, seed)
+        self.packing = packing
         self.precision = get_precision(precision)
         self._init_sharding(shard, fsdp)
         self.offload_anchors = offload_anchors
@@ -263,14 +264,16 @@ class PolicyWorker(ShardedTrainer):
         return self._loss(part)
 
     # -- forward helpers ------------------------------------------------------
-    def _logps(self, input_ids, attention_mask, loss_cols, temperature: float = 1.0):
+    def _logps(self, input_ids, attention_mask, loss_cols, temperature: float = 1.0, entropy: bool = False):
         """Token log-probs ``[B, T-1]`` of the sampling distribution (logits / temperature,
         as the rollout sampled), projecting only the scored positions through the
         vocabulary (:func:`~hbat.models.scoring.response_token_logprobs`), a
         prefix that rows share run once (not under FSDP, where each forward
-        is a round of all-gathers). Returns ``(logps, kept logits, first kept column)``."""
+        is a round of all-gathers), else rows packed without padding
+        (``model.packing``). Returns ``(logps, entropy or None, first scored column)``."""
         return response_token_logprobs(self.model, input_ids, attention_mask, loss_cols, temperature,
-                                       autocast=self.precision.autocast(self.device), share_prefix=not self.sharded)
+                                       autocast=self.precision.autocast(self.device), share_prefix=not self.sharded,
+                                       packing=self.packing, entropy=entropy)
 
     def _sft_loss(self, b: dict) -> torch.Tensor:
         """Token-mean NLL of the response tokens (``objectives.sft_loss`` on response positions only)."""
@@ -338,13 +341,12 @@ class PolicyWorker(ShardedTrainer):
 
     def _ppo_loss(self, part: LossPart):
         e: Experience = part.batch.to(self.device)
-        logp, logits, s = self._logps(e.sequences, e.attention_mask, e.action_mask, e.temperature)
+        logp, ent_tok, _ = self._logps(e.sequences, e.attention_mask, e.action_mask, e.temperature, entropy=True)
         # no stored old log-probs: the batch gets one update, so the policy that
         # sampled it is this one (ratio 1; see PPOStep.score)
         old = e.logprobs if e.logprobs is not None else logp.detach()
         loss, stats = ppo_policy_loss(logp, old, e.advantages, e.action_mask, part.options.get("clip_eps", 0.2))
-        with torch.no_grad():
-            ent = masked_mean(entropy_from_logits(logits[:, :-1]), e.action_mask[:, s:])
+        ent = masked_mean(ent_tok, e.action_mask)
         return loss, {"ppo/policy_loss": loss.item(), "ppo/entropy": float(ent),
                       **{f"ppo/{k}": float(v) for k, v in stats.items()}}
 

@@ -18,8 +18,10 @@ from hbat.objectives import masked_sum
 
 
 class ReferenceWorker(RunFolderProbe):
-    def __init__(self, model: str, *, dtype: str = "float32", device: str = "auto", torch_threads: int | None = None):
+    def __init__(self, model: str, *, dtype: str = "float32", device: str = "auto", torch_threads: int | None = None,
+                 packing: str = "auto"):
         self.device = setup_actor(device, torch_threads)
+        self.packing = packing  # model.packing (models/packing.py)
         self.model = load_causal_lm(model, dtype=dtype, device=self.device)
 
         self.version: int | None = None  # policy weight version loaded by a refresh (None: initial model)
@@ -31,7 +33,7 @@ class ReferenceWorker(RunFolderProbe):
         response positions only (zeros over the prompt columns)."""
         e = exp.to(self.device)
         return response_token_logprobs(self.model, e.sequences, e.attention_mask, e.action_mask,
-                                       e.temperature)[0].float().cpu()
+                                       e.temperature, packing=self.packing)[0].float().cpu()
 
     @torch.no_grad()
     def load_exported(self, packed: tuple[int, dict[str, torch.Tensor]]) -> int:
@@ -73,7 +75,8 @@ class ReferenceWorker(RunFolderProbe):
         """Summed response log-probs [B] for a collated SFT/preference batch."""
         b = to_device(batch, self.device)
         m = b["loss_mask"][:, 1:]
-        return masked_sum(response_token_logprobs(self.model, b["input_ids"], b["attention_mask"], m)[0], m,
+        return masked_sum(response_token_logprobs(self.model, b["input_ids"], b["attention_mask"], m,
+                                                  packing=self.packing)[0], m,
                           dim=1).float().cpu()
 
     def ping(self) -> bool:

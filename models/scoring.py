@@ -62,8 +62,8 @@ def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
-                            temperature: float = 1.0, autocast=None,
-                            share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+                            temperature: float = 1.0, autocast=None, share_prefix: bool = True, packing: str = "off",
+                            entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Token log-probs ``[B, T-1]`` (float32; the shift convention of
     ``objectives/logprobs.py``) computed from the logits of the response
     positions only; zeros left of the first column any row scores.
@@ -76,22 +76,45 @@ def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torc
     activation of a step. Rows that share their first ``s + 1`` tokens (a
     prompt's GRPO samples, a pair's chosen and rejected) run that prefix once
     (``models/shared_prefix.py``; ``share_prefix=False``, or a sharded model,
-    runs every row whole). Returns ``(logps, kept logits [B, T-s, V], s)``.
+    runs every row whole). Otherwise ``packing`` (``off``/``auto``/``on``,
+    ``models/packing.py``) may run the rows' real tokens end to end instead of
+    padded, projecting exactly the ``loss_cols`` cells; the log-probs of the
+    other columns are then 0.
+
+    Returns ``(logps, entropy, s)``: ``entropy`` ``[B, T-1]`` (no gradient;
+    ``None`` unless asked) is the sampling distribution's entropy at the
+    scored columns, for the PPO entropy curve.
     """
     import contextlib
 
+    from hbat.models.packing import packed_scored_logits, packing_plan
     from hbat.models.shared_prefix import shared_prefix_logits
-    from hbat.objectives import tempered_logits, token_logprobs
+    from hbat.objectives import entropy_from_logits, flat_token_logprobs, tempered_logits, token_logprobs
 
-    T = input_ids.shape[1]
+    B, T = input_ids.shape
     cols = loss_cols.any(0).nonzero()
     s = int(cols[0]) if len(cols) else max(T - 2, 0)
     with autocast or contextlib.nullcontext():
         logits = shared_prefix_logits(model, input_ids, attention_mask, s) if share_prefix else None
-        if logits is None:
+        capacity = packing_plan(model, attention_mask, packing) if logits is None else None
+        if capacity:
+            picked, rows, cols = packed_scored_logits(model, input_ids, attention_mask, loss_cols, capacity)
+        elif logits is None:
             logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=T - s).logits
+    ent = None
+    if capacity:
+        z = tempered_logits(picked, temperature)
+        lp = torch.zeros(B, T - 1, dtype=torch.float32, device=z.device)
+        lp = lp.index_put((rows, cols), flat_token_logprobs(z, input_ids[rows, cols + 1]))
+        if entropy:
+            with torch.no_grad():
+                ent = torch.zeros_like(lp).index_put((rows, cols), entropy_from_logits(z.detach()[None])[0])
+        return lp, ent, s
     if logits.shape[1] != T - s:  # a model that ignores logits_to_keep
         logits = logits[:, s:]
     logits = tempered_logits(logits, temperature)
-    lp = token_logprobs(logits, input_ids[:, s:])
-    return torch.nn.functional.pad(lp, (s, 0)), logits, s
+    lp = torch.nn.functional.pad(token_logprobs(logits, input_ids[:, s:]), (s, 0))
+    if entropy:
+        with torch.no_grad():
+            ent = torch.nn.functional.pad(entropy_from_logits(logits.detach()[:, :-1]), (s, 0))
+    return lp, ent, s

@@ -25,7 +25,7 @@ from .ewc import (
     trainable_state,
 )
 from .kl import kl_estimate
-from .logprobs import entropy_from_logits, sequence_logprobs, tempered_logits, token_logprobs
+from .logprobs import entropy_from_logits, flat_token_logprobs, sequence_logprobs, tempered_logits, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .pointwise import pointwise_dpo_loss, ulma_loss
 from .ppo import (
@@ -49,6 +49,7 @@ __all__ = [
     "bradley_terry_loss",
     "dpo_loss",
     "entropy_from_logits",
+    "flat_token_logprobs",
     "fisher_importance",
     "gae_advantages",
     "get_preference_loss",

@@ -67,6 +67,23 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     return torch.stack(rows, dim=0)
 
 
+def flat_token_logprobs(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
+    """Log-prob of each target under its own row of logits: ``[N,V], [N] -> [N]`` (float32).
+
+    Formula: ``out[n] = z[n,y_n] - logsumexp_v z[n,v]``, the same as
+    :func:`token_logprobs` for positions gathered out of any layout (packed
+    rows: ``models/packing.py``), in chunks of ``chunk`` rows to bound the
+    float32 copy.
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits [N,V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    out = []
+    for z, y in zip(logits.split(chunk), targets.long().split(chunk)):
+        z = z.float()
+        out.append(z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1))
+    return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+
+
 def sequence_logprobs(logits: Tensor, input_ids: Tensor, loss_mask: Tensor, average: bool = False) -> Tensor:
     """Log-probability of each row's response: ``-> [B]`` (float32).
 

@@ -50,6 +50,9 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16"] | None = None  # deprecated alias of precision
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
+    # policy/reference forwards run rows' real tokens end to end instead of padded
+    # (models/packing.py): auto -- where the attention kernel allows it and it saves rows
+    packing: Literal["auto", "on", "off"] = "auto"
     disable_dropout: bool = True  # trainable roles: dropout off, so train/eval forwards agree (TRL's default)
 
     @model_validator(mode="before")

@@ -49,13 +49,13 @@ class Roles:
         threads, frozen = c.resources.torch_threads, precision(m.precision).frozen_dtype_name
         if role == "policy":
             group = self.placement.spawn("policy", PolicyWorker, m.policy, precision=m.precision, lora=m.lora,
-                                         gradient_checkpointing=m.gradient_checkpointing,
+                                         gradient_checkpointing=m.gradient_checkpointing, packing=m.packing,
                                          disable_dropout=m.disable_dropout, seed=c.run.seed, torch_threads=threads,
                                          shard=c.sharded("policy"), fsdp=c.resources.fsdp,
                                          offload_anchors=c.ewc.offload_anchors)
         elif role == "reference":
             group = self.placement.spawn("reference", ReferenceWorker, m.reference or m.policy, dtype=frozen,
-                                         torch_threads=threads)
+                                         torch_threads=threads, packing=m.packing)
         elif role == "rollout":
             group = self.placement.spawn("rollout", RolloutWorker, m.policy, backend=c.rollout.backend,
                                          dtype=frozen, vllm_kwargs=c.rollout.vllm, torch_threads=threads)

@@ -1,5 +1,5 @@
 """A prefix several rows share runs once (``models/shared_prefix.py``): the
-log-probs, the kept logits and every parameter gradient must equal the plain
+log-probs, the entropies and every parameter gradient must equal the plain
 forward's; it must actually run the prefix once per distinct prefix; and it
 must step aside (plain forward) where it does not apply."""
 
@@ -60,9 +60,9 @@ def _forward_rows(model) -> list[int]:
 
 def _logps_and_grads(model, ids, att, cols, share: bool):
     model.zero_grad(set_to_none=True)
-    lp, logits, s = response_token_logprobs(model, ids, att, cols, share_prefix=share)
+    lp, ent, s = response_token_logprobs(model, ids, att, cols, share_prefix=share, entropy=True)
     (lp * cols).sum().backward()
-    return lp.detach(), logits.detach(), s, {n: p.grad.clone() for n, p in model.named_parameters()}
+    return lp.detach(), ent, s, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("batch", [_ppo_batch, _dpo_batch])
