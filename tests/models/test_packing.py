@@ -47,12 +47,14 @@ def _run(model, ids, att, cols, packing):
     lp, ent, s = response_token_logprobs(model, ids, att, cols, share_prefix=False, packing=packing, entropy=True)
     h.remove()
     (lp * cols).sum().backward()
-    return lp.detach(), ent, s, {n: p.grad.clone() for n, p in model.named_parameters()}, calls
+    return lp.detach(), ent, s, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, calls
 
 
-@pytest.mark.parametrize("batch", [_sft_batch, _ppo_batch])
-def test_packed_logprobs_and_gradients_equal_the_padded_forward(tiny_checkpoint, batch):
-    model = load_causal_lm(tiny_checkpoint, trainable=True)
+@pytest.mark.parametrize("batch,lora", [(_sft_batch, False), (_ppo_batch, False), (_sft_batch, True)])
+def test_packed_logprobs_and_gradients_equal_the_padded_forward(tiny_checkpoint, batch, lora):
+    from hbat.orchestrator.config import LoraConfig
+
+    model = load_causal_lm(tiny_checkpoint, trainable=True, lora=LoraConfig(r=4, alpha=8) if lora else None)
     assert model.config._attn_implementation == "sdpa"
     ids, att, cols = batch()
     lp1, lg1, s1, g1, calls1 = _run(model, ids, att, cols, "auto")
@@ -66,6 +68,7 @@ def test_packed_logprobs_and_gradients_equal_the_padded_forward(tiny_checkpoint,
     assert float(lp1[~m].abs().sum()) == 0.0
     torch.testing.assert_close(lg1[m], lg0[m], rtol=0, atol=2e-5)  # entropies of the scored cells
     assert float(lg1[m].min()) > 0
+    assert g0.keys() == g1.keys() and g0
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=2e-6, msg=n)
     assert any(float(g.abs().sum()) > 0 for g in g0.values())
