@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hbat.models.scoring import unwrap_peft
+from hbat.models.scoring import kept_logits, unwrap_peft
 
 #: attention implementations that honour packed ``position_ids`` with no attention mask
 PACKABLE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -133,13 +133,6 @@ def packing_plan(model, attention_mask: torch.Tensor, mode: str) -> int | None:
     return max(real, 1) if impl in VARLEN_ATTENTION else T
 
 
-def _keeps_a_mask() -> bool:
-    """transformers >= 5.2x: ``logits_to_keep`` may be a boolean ``[batch, seq]`` mask."""
-    from transformers import modeling_utils
-
-    return hasattr(modeling_utils, "slice_logits_to_keep")
-
-
 def packed_scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
                          capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits [N, V], rows [N], cols [N])`` of the ``N`` scored cells of
@@ -148,27 +141,17 @@ def packed_scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.T
     cols[n])`` predict token ``input_ids[rows[n], cols[n] + 1]``.
 
     The model's own forward runs (so FSDP's and peft's hooks see a normal
-    call), with ``logits_to_keep`` a mask of the scored packed slots (older
-    transformers: the union of their columns over bins). No ``[B, T, V]``
-    tensor is built."""
+    call), keeping the logits of the scored packed slots only
+    (:func:`~hbat.models.scoring.kept_logits`)."""
     pad = getattr(getattr(unwrap_peft(model), "config", None), "pad_token_id", None) or 0
     packed = pack_rows(input_ids, attention_mask, capacity, pad_token_id=pad)
-    cap = packed.input_ids.shape[1]
     scored = loss_cols.bool() & (packed.src[:, :-1] >= 0)
     rows, cols = scored.nonzero(as_tuple=True)
     flat = packed.src[rows, cols]
-    kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=None, use_cache=False)
-    if _keeps_a_mask():
-        keep = torch.zeros(packed.input_ids.numel(), dtype=torch.bool, device=flat.device)
-        keep[flat] = True
-        out = model(**kwargs, logits_to_keep=keep.view_as(packed.input_ids)).logits  # [n kept, V], row-major
-        order = torch.zeros_like(keep, dtype=torch.long)
-        order[keep] = torch.arange(int(keep.sum()), device=flat.device)
-        picked = out.reshape(-1, out.shape[-1])[order[flat]]
-    else:
-        slots = torch.unique(flat % cap)
-        out = model(**kwargs, logits_to_keep=slots).logits  # [bins, len(slots), V]
-        where = torch.full((cap,), -1, dtype=torch.long, device=slots.device)
-        where[slots] = torch.arange(len(slots), device=slots.device)
-        picked = out[flat // cap, where[flat % cap]]
-    return picked, rows, cols
+    keep = torch.zeros(packed.input_ids.numel(), dtype=torch.bool, device=flat.device)
+    keep[flat] = True
+    kept = kept_logits(model, keep.view_as(packed.input_ids), input_ids=packed.input_ids,
+                       position_ids=packed.position_ids, attention_mask=None, use_cache=False)  # row-major
+    order = torch.zeros_like(keep, dtype=torch.long)
+    order[keep] = torch.arange(len(kept), device=flat.device)
+    return kept[order[flat]], rows, cols

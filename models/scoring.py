@@ -61,60 +61,79 @@ def critic_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return logits[:, :-1, 0].float()
 
 
+def _keep_takes_a_mask() -> bool:
+    """Whether this transformers accepts a boolean ``[batch, seq]`` ``logits_to_keep``."""
+    import inspect
+
+    from transformers import modeling_utils
+
+    fn = getattr(modeling_utils, "slice_logits_to_keep", None)
+    return fn is not None and "torch.bool" in inspect.getsource(fn)
+
+
+def kept_logits(model, keep: torch.Tensor, **forward) -> torch.Tensor:
+    """Logits ``[n, V]`` of the ``n`` True cells of ``keep`` (``[B, T]``, the
+    forward's input layout), in row-major order: only those hidden states are
+    projected through the vocabulary (transformers' ``logits_to_keep`` as a
+    boolean mask; an older transformers keeps every column from the first
+    kept one, and a model that ignores the argument returns all of them --
+    both are indexed down here)."""
+    T = keep.shape[1]
+    if _keep_takes_a_mask():
+        out = model(**forward, logits_to_keep=keep).logits
+        if out.dim() == 2:
+            return out
+    else:
+        cols = keep.any(0).nonzero()
+        out = model(**forward, logits_to_keep=T - (int(cols[0]) if len(cols) else T - 1)).logits
+    return out[keep[:, T - out.shape[1]:]]
+
+
 def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
                             temperature: float = 1.0, autocast=None, share_prefix: bool = True, packing: str = "off",
                             entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Token log-probs ``[B, T-1]`` (float32; the shift convention of
-    ``objectives/logprobs.py``) computed from the logits of the response
-    positions only; zeros left of the first column any row scores.
+    ``objectives/logprobs.py``) of the scored cells, 0 elsewhere.
 
     ``loss_cols`` ``[B, T-1]``: the loss/action mask (``loss_mask[:, 1:]``).
-    The model projects only positions ``s..T-1`` through the vocabulary
-    (transformers' ``logits_to_keep``), ``s`` being the first column any row
-    scores, so a long prompt costs no ``[T, V]`` logits and no backward
-    through them -- with a vocabulary of 150k the logits are the largest
-    activation of a step. Rows that share their first ``s + 1`` tokens (a
-    prompt's GRPO samples, a pair's chosen and rejected) run that prefix once
-    (``models/shared_prefix.py``; ``share_prefix=False``, or a sharded model,
-    runs every row whole). Otherwise ``packing`` (``off``/``auto``/``on``,
-    ``models/packing.py``) may run the rows' real tokens end to end instead of
-    padded, projecting exactly the ``loss_cols`` cells; the log-probs of the
-    other columns are then 0.
+    Only the scored cells' hidden states are projected through the
+    vocabulary (:func:`kept_logits`): with a vocabulary of 150k the logits
+    are the largest activation of a step, and a prompt, a pad or a token past
+    EOS needs none. Rows that share their first ``s + 1`` tokens (``s``: the
+    first column any row scores; a prompt's GRPO samples, a pair's chosen and
+    rejected) run that prefix once (``models/shared_prefix.py``;
+    ``share_prefix=False``, or a sharded model, runs every row whole).
+    Otherwise ``packing`` (``off``/``auto``/``on``, ``models/packing.py``)
+    may run the rows' real tokens end to end instead of padded.
 
     Returns ``(logps, entropy, s)``: ``entropy`` ``[B, T-1]`` (no gradient;
     ``None`` unless asked) is the sampling distribution's entropy at the
-    scored columns, for the PPO entropy curve.
+    scored cells, for the PPO entropy curve.
     """
     import contextlib
 
     from hbat.models.packing import packed_scored_logits, packing_plan
-    from hbat.models.shared_prefix import shared_prefix_logits
-    from hbat.objectives import entropy_from_logits, flat_token_logprobs, tempered_logits, token_logprobs
+    from hbat.models.shared_prefix import shared_prefix_scored_logits
+    from hbat.objectives import entropy_from_logits, flat_token_logprobs, tempered_logits
 
     B, T = input_ids.shape
     cols = loss_cols.any(0).nonzero()
     s = int(cols[0]) if len(cols) else max(T - 2, 0)
     with autocast or contextlib.nullcontext():
-        logits = shared_prefix_logits(model, input_ids, attention_mask, s) if share_prefix else None
-        capacity = packing_plan(model, attention_mask, packing) if logits is None else None
+        out = shared_prefix_scored_logits(model, input_ids, attention_mask, loss_cols, s) if share_prefix else None
+        capacity = packing_plan(model, attention_mask, packing) if out is None else None
         if capacity:
-            picked, rows, cols = packed_scored_logits(model, input_ids, attention_mask, loss_cols, capacity)
-        elif logits is None:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=T - s).logits
+            out = packed_scored_logits(model, input_ids, attention_mask, loss_cols, capacity)
+        elif out is None:
+            keep = torch.nn.functional.pad(loss_cols.bool(), (0, 1))
+            rows, cols = loss_cols.bool().nonzero(as_tuple=True)
+            out = kept_logits(model, keep, input_ids=input_ids, attention_mask=attention_mask), rows, cols
+    picked, rows, cols = out
+    z = tempered_logits(picked, temperature)
+    lp = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device)
+    lp = lp.index_put((rows, cols), flat_token_logprobs(z, input_ids[rows, cols + 1]))
     ent = None
-    if capacity:
-        z = tempered_logits(picked, temperature)
-        lp = torch.zeros(B, T - 1, dtype=torch.float32, device=z.device)
-        lp = lp.index_put((rows, cols), flat_token_logprobs(z, input_ids[rows, cols + 1]))
-        if entropy:
-            with torch.no_grad():
-                ent = torch.zeros_like(lp).index_put((rows, cols), entropy_from_logits(z.detach()[None])[0])
-        return lp, ent, s
-    if logits.shape[1] != T - s:  # a model that ignores logits_to_keep
-        logits = logits[:, s:]
-    logits = tempered_logits(logits, temperature)
-    lp = torch.nn.functional.pad(token_logprobs(logits, input_ids[:, s:]), (s, 0))
     if entropy:
         with torch.no_grad():
-            ent = torch.nn.functional.pad(entropy_from_logits(logits.detach()[:, :-1]), (s, 0))
+            ent = torch.zeros_like(lp).index_put((rows, cols), entropy_from_logits(z.detach()[None])[0])
     return lp, ent, s

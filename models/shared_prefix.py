@@ -63,8 +63,9 @@ def _plain_cache(cache) -> bool:
     return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _run_shared(model, input_ids, attention_mask, P: int, head_kwargs: dict):
-    """``(prefix output, tail output, each row's group)`` or ``None`` (see module doc)."""
+def _shared_head(model, input_ids, attention_mask, P: int, head_kwargs: dict):
+    """``(prefix output, its KV cache indexed out to every row, each row's group)``
+    or ``None`` (see module doc)."""
     T = input_ids.shape[1]
     if P < 2 or P >= T or _checkpointing(model):
         return None
@@ -78,28 +79,41 @@ def _run_shared(model, input_ids, attention_mask, P: int, head_kwargs: dict):
     if not _plain_cache(cache):
         return None
     cache.batch_select_indices(inverse)  # an indexing op on each layer's K/V: differentiable
-    tail = model(input_ids=input_ids[:, P:], attention_mask=attention_mask, use_cache=False,
-                 **{_cache_arg(model): cache})
-    return head, tail, inverse
+    return head, cache, inverse
 
 
 def shared_prefix_hidden(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int):
     """A base model's last hidden states ``[B, T, H]`` with the prefix ``[0, prefix_len)``
     run once per distinct prefix (the critic's values); ``None`` when not applicable."""
-    out = _run_shared(backbone, input_ids, attention_mask, prefix_len, {})
+    out = _shared_head(backbone, input_ids, attention_mask, prefix_len, {})
     if out is None:
         return None
-    head, tail, inverse = out
+    head, cache, inverse = out
+    tail = backbone(input_ids=input_ids[:, prefix_len:], attention_mask=attention_mask, use_cache=False,
+                    **{_cache_arg(backbone): cache})
     return torch.cat([head.last_hidden_state[inverse], tail.last_hidden_state], dim=1)
 
 
-def shared_prefix_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_kept: int):
-    """Logits at positions ``first_kept..T-1`` (``[B, T-first_kept, V]``) computed with
-    the prefix ``[0, first_kept]`` run once per distinct prefix; ``None`` when not
-    applicable (then the caller runs the plain forward)."""
-    # the prefix ends with the first position whose logits are kept
-    out = _run_shared(model, input_ids, attention_mask, first_kept + 1, {"logits_to_keep": 1})
+def shared_prefix_scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                loss_cols: torch.Tensor, first_kept: int):
+    """``(logits [N, V], rows [N], cols [N])`` of the scored cells of ``loss_cols``
+    (``[B, T-1]``; all at columns ``>= first_kept``) with the prefix
+    ``[0, first_kept]`` run once per distinct prefix; ``None`` when not
+    applicable (then the caller runs the plain forward). Only the scored
+    cells' hidden states are projected through the vocabulary."""
+    from hbat.models.scoring import kept_logits
+
+    P = first_kept + 1  # the prefix ends with the first position whose logits are kept
+    out = _shared_head(model, input_ids, attention_mask, P, {"logits_to_keep": 1})
     if out is None:
         return None
-    head, tail, inverse = out
-    return torch.cat([head.logits[inverse], tail.logits], dim=1)
+    head, cache, inverse = out
+    scored = loss_cols.bool()
+    rows_s = scored[:, first_kept].nonzero(as_tuple=True)[0]  # cells read from the prefix's last position
+    keep = torch.nn.functional.pad(scored[:, P:], (0, 1))  # tail columns P..T-1 (the last one predicts nothing)
+    rows_t, cols_t = keep.nonzero(as_tuple=True)
+    tail = kept_logits(model, keep, input_ids=input_ids[:, P:], attention_mask=attention_mask, use_cache=False,
+                       **{_cache_arg(model): cache})
+    picked = torch.cat([head.logits[inverse[rows_s], -1], tail])
+    cols = torch.cat([torch.full_like(rows_s, first_kept), cols_t + P])
+    return picked, torch.cat([rows_s, rows_t]), cols

@@ -59,12 +59,11 @@ gradients, AdamW state and anchors):
   without gradient checkpointing: ``L * T * e * c``; with it, only each
   layer's input is kept and one layer is recomputed at a time:
   ``L * T * h * c + T * e * c``;
-- logits: only the scored positions are projected through the vocabulary
-  (``models/scoring.response_token_logprobs``: from the first column any row
-  of the batch scores): for PPO batches (left-padded prompts, then
-  responses) ``ppo.max_new_tokens + 1`` columns; for SFT, preference and
-  reward batches, whose first scored column is the shortest prompt's end,
-  the whole ``data.max_len`` as the bound. Per column
+- logits: only the scored cells are projected through the vocabulary
+  (``models/scoring.kept_logits``: response tokens, no prompt, pad or
+  post-EOS position), bounded per row by ``ppo.max_new_tokens + 1`` for
+  PPO batches and by the whole ``data.max_len`` for SFT, preference and
+  reward batches (an upper bound: a row's response is shorter). Per cell
   ``V * (c + 4 + 4)`` -- the lm_head output in the compute dtype, its
   fp32 upcast (``token_logprobs``) and the fp32 log-softmax kept for the
   backward (``4 + 4`` under fp32: no separate upcast). Reward models and

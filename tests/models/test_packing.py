@@ -100,3 +100,29 @@ def test_packing_steps_aside_where_it_does_not_apply(tiny_checkpoint):
     assert packing_plan(model, full, "on") == ids.shape[1]
     model.config._attn_implementation = "some_custom_kernel"
     assert packing_plan(model, att, "on") is None
+
+
+@pytest.mark.parametrize("path", ["plain", "packed", "shared"])
+def test_only_scored_cells_are_projected_through_the_vocabulary(tiny_checkpoint, path, monkeypatch):
+    """Every path hands the output projection the scored cells' hidden states only
+    (the shared path: plus each distinct prefix's last position); an older
+    transformers without mask support in ``logits_to_keep`` gets the same numbers."""
+    import hbat.models.scoring as scoring
+    from tests.models.test_shared_prefix import _ppo_batch as grouped_batch
+
+    model = load_causal_lm(tiny_checkpoint, trainable=True)
+    ids, att, cols = grouped_batch() if path == "shared" else _sft_batch()
+    rows = []
+    model.lm_head.register_forward_hook(lambda m, a, out: rows.append(a[0].reshape(-1, a[0].shape[-1]).shape[0]))
+    kw = dict(share_prefix=path == "shared", packing="on" if path == "packed" else "off")
+    lp, _, s = response_token_logprobs(model, ids, att, cols, **kw)
+    n = int(cols.sum())
+    if path == "shared":
+        assert rows == [3, int(cols[:, s + 1:].sum())]  # 3 distinct prompts' last positions, then the tails
+    else:
+        assert rows == [n]
+    monkeypatch.setattr(scoring, "_keep_takes_a_mask", lambda: False)
+    rows.clear()
+    old, _, _ = response_token_logprobs(model, ids, att, cols, **kw)
+    assert rows[-1] > (int(cols[:, s + 1:].sum()) if path == "shared" else n)  # whole columns kept
+    torch.testing.assert_close(old, lp, rtol=0, atol=1e-6)
