@@ -116,21 +116,22 @@ def packing_plan(model, attention_mask: torch.Tensor, mode: str) -> int | None:
     """The bin capacity to pack this batch with, or ``None`` to run it padded.
 
     ``mode``: ``off``; ``on`` packs whenever the model can; ``auto`` packs when
-    the model can and the batch has padding. It saves work even when first-fit
-    needs as many bins as rows: the packed forward projects exactly the scored
-    cells through the vocabulary, not every row from the first scored column
-    (``bench/packing.py``), and each bin costs no more attention than a padded
-    row."""
+    the model can and it saves work: with a varlen kernel whenever the batch
+    has padding; otherwise when first-fit puts the rows into fewer bins than
+    there are rows (each bin costs no more attention than a padded row)."""
     if mode == "off":
         return None
     impl = attention_implementation(model)
     if impl not in PACKABLE_ATTENTION or not contiguous_rows(attention_mask):
         return None
     B, T = attention_mask.shape
-    real = int(attention_mask.bool().sum())
-    if mode == "auto" and real == B * T:
-        return None
-    return max(real, 1) if impl in VARLEN_ATTENTION else T
+    lengths = attention_mask.bool().sum(1).tolist()
+    if impl in VARLEN_ATTENTION:
+        real = sum(lengths)
+        return max(real, 1) if (mode == "on" or real < B * T) else None
+    if mode == "on" or len(_first_fit_decreasing(lengths, T)) < B:
+        return T
+    return None
 
 
 def packed_scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
