@@ -3,17 +3,20 @@
 One ``PolicyWorker`` (in-process, no Ray) trains one SFT batch whose answers
 differ in length -- the built-in demo task's terse demonstrations ("12.")
 mixed with its wordy preferred answers, as an instruction phase over mixed
-data sees them -- with ``model.packing: off`` (every row padded to the
-longest) and ``on`` (``models/packing.py``: real tokens end to end in bins of
-the padded length, block-diagonal causal attention), alternated round after
-round from the same weights. It reports the median step time of each, the
+data sees them, and ``--long-rows`` rows whose answer is four wordy answers
+in a row (the long tail every real SFT set has; 0 leaves it out) -- with
+``model.packing: off`` (every row padded to the longest) and ``on``
+(``models/packing.py``: real tokens end to end in bins of the padded
+length, block-diagonal causal attention), alternated round after round from
+the same weights. It reports the median step time of each, the
 ratio, the tokens each forward runs, and the FLOP floor of the real tokens at
 the fp32 matmul ceiling measured in the same script. Both runs' first-step
 losses are printed: they must agree (the tests check this exactly).
 
 Usage::
 
-    python bench/packing.py                     # smollm2-135m, fp32, 16 rows, 4 steps x 3 rounds
+    python bench/packing.py                     # smollm2-135m, fp32, 16 rows (1 long), 4 steps x 3 rounds
+    python bench/packing.py --long-rows 0 --out bench/results/packing_no_long_rows.md
     python bench/packing.py --tiny --steps 2 --rounds 1
 
 The table is printed and written to ``bench/results/packing.md`` by this
@@ -41,8 +44,9 @@ from flops import matmul_ceiling, train_flops  # noqa: E402 - bench/ is not a pa
 from run_info import git_rev  # noqa: E402
 
 
-def mixed_sft_batch(tokenizer, rows: int, data_dir: Path):
-    """Half terse demonstrations, half wordy preferred answers, as one SFT batch."""
+def mixed_sft_batch(tokenizer, rows: int, data_dir: Path, long_rows: int = 1):
+    """Terse demonstrations and wordy preferred answers, alternating, as one SFT
+    batch; the last ``long_rows`` rows answer with four wordy answers joined."""
     from hbat.orchestrator.data import SFTDataset, collate_sft
     from hbat.orchestrator.demo_data import make_demo_data
 
@@ -52,6 +56,8 @@ def mixed_sft_batch(tokenizer, rows: int, data_dir: Path):
     records = []
     for i in range(rows):
         r = terse[i // 2] if i % 2 == 0 else {"prompt": wordy[i // 2]["prompt"], "response": wordy[i // 2]["chosen"]}
+        if i >= rows - long_rows:
+            r = {"prompt": r["prompt"], "response": " ".join(w["chosen"] for w in wordy[i:i + 4])}
         records.append({"prompt": r["prompt"], "response": r["response"]})
     path = data_dir / "mixed_sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -66,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=16, help="SFT rows per step")
     ap.add_argument("--steps", type=int, default=4, help="steps per phase (the first is warm-up)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--long-rows", type=int, default=1, help="rows answering with 4 wordy answers joined")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -83,7 +90,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="hbat-bench-") as tmp:
         model = str(make_tiny_checkpoint(Path(tmp) / "tiny")) if args.tiny else resolve_model_path(args.model)
         label = "tiny random Llama" if args.tiny else args.model
-        batch = mixed_sft_batch(load_tokenizer(model), args.rows, Path(tmp))
+        batch = mixed_sft_batch(load_tokenizer(model), args.rows, Path(tmp), args.long_rows)
         real = int(batch["attention_mask"].sum())
         bins = pack_rows(batch["input_ids"], batch["attention_mask"]).input_ids.shape
         w = PolicyWorker(model, precision="fp32", device="cpu", torch_threads=args.threads, packing="off")
@@ -120,7 +127,8 @@ def main(argv=None) -> int:
             f"machine {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads",
             f"- model: {label}, {n_params / 1e6:.1f} M parameters, fp32, SDPA attention; "
             f"{args.rounds} rounds alternating the order, {args.steps} steps per phase, the first excluded",
-            f"- batch: {B} SFT rows (terse demonstrations and wordy preferred answers of the demo task), "
+            f"- batch: {B} SFT rows (terse demonstrations and wordy preferred answers of the demo task, "
+            f"{args.long_rows} answering with four wordy answers), "
             f"{real} real tokens; padded {B}x{T} = {B * T} tokens, packed {bins[0]}x{bins[1]} = {bins[0] * bins[1]}",
             "",
             "| packing | tokens per forward | median s/step | speed vs padded | share of the fp32 floor |",
