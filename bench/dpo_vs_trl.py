@@ -33,7 +33,7 @@ dtype; TRL ``bf16=True``: autocast over fp32 weights), ``--lora`` adds LoRA
 sections (hbat ``PolicyWorker(lora=LoraConfig(...))``, TRL
 ``peft_config=peft.LoraConfig(...)``, the same r / alpha / target modules).
 Each section states the FLOP floor of its steps at the matmul ceiling of its
-compute dtype, measured in this run (``bench/flops.py``).
+compute dtype, sampled before every round of this run (``bench/flops.py``).
 
 Usage::
 
@@ -69,7 +69,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
-from flops import compute_dtype, matmul_ceiling, param_count  # noqa: E402 - bench/ is not a package
+from flops import CeilingSamples, compute_dtype, param_count  # noqa: E402 - bench/ is not a package
 from run_info import clock, git_rev  # noqa: E402
 
 #: the LoRA adapters of ``--lora``, the same for both systems (hbat LoraConfig / peft.LoraConfig)
@@ -382,6 +382,7 @@ def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
     for r in range(args.rounds):
         order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
         for system in order:
+            args.ceilings.sample(compute_dtype(v.precision))
             t0 = time.perf_counter()
             load0 = os.getloadavg()[0]
             if system == "hbat":
@@ -491,6 +492,7 @@ def run_sft(args, model_path, tokenizer, data_dir, log, progress):
     for r in range(args.rounds):
         order = ("hbat", "trl") if r % 2 == 0 else ("trl", "hbat")
         for system in order:
+            args.ceilings.sample(compute_dtype(args.variant.precision))
             load0 = os.getloadavg()[0]
             if system == "hbat":
                 (wall, cpu), metrics = hbat_sft_round(args, policy, batch)
@@ -539,11 +541,11 @@ def floor_lines(res: dict, args) -> list[str]:
     """
     v: Variant = res["variant"]
     dtype = compute_dtype(v.precision)
-    ceiling, n_params = args.ceilings[dtype], args.n_params
+    ceiling, n_params = args.ceilings.median(dtype), args.n_params
     policy = 4 if v.lora else 6
     factors = [policy, policy + 2, policy + 2] if res["kind"] == "DPO" else [policy, policy]
     dt = "bf16" if dtype == torch.bfloat16 else "fp32"
-    out = [(f"- FLOP floor at the measured {dt} matmul ceiling of {ceiling / 1e9:.0f} GFLOP/s ({args.threads} threads, "
+    out = [(f"- FLOP floor at the measured {dt} matmul ceiling of {args.ceilings.describe(dtype)} ({args.threads} threads, "
             f"2048² matmul), {n_params / 1e6:.2f} M parameters x {res['tokens']} tokens"
             + (" (LoRA: backward 2 x params per token, no frozen-weight gradients)" if v.lora else "") + ":")]
     for (s, _), f in zip(res["rows"], factors):
@@ -731,10 +733,10 @@ def main(argv=None) -> int:
             log(f"model: {model_label} (resolved in {time.perf_counter() - t:.1f} s)")
         tokenizer = load_tokenizer(model_path)
         args.n_params = param_count(model_path)
-        args.ceilings = {compute_dtype(v.precision): None for v in args.variants}
-        for dtype in args.ceilings:
-            args.ceilings[dtype] = matmul_ceiling(args.threads, dtype=dtype)
-            log(f"matmul ceiling ({dtype}, {args.threads} threads): {args.ceilings[dtype] / 1e9:.0f} GFLOP/s")
+        args.ceilings = CeilingSamples(args.threads, {compute_dtype(v.precision) for v in args.variants})
+        args.ceilings.sample()  # and again before every round (run_dpo, run_sft)
+        for dtype in args.ceilings.samples:
+            log(f"matmul ceiling ({dtype}, {args.threads} threads): {args.ceilings.describe(dtype)}")
         results: list[dict] = []
 
         def render() -> str:

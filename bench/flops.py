@@ -31,6 +31,41 @@ def matmul_ceiling(threads: int, n: int = 2048, dtype: torch.dtype = torch.float
     return 2 * n**3 / best
 
 
+class CeilingSamples:
+    """The matmul ceiling of each dtype, sampled again before every round of a benchmark.
+
+    On a shared machine the ceiling itself moves (the bf16 one measured 875
+    GFLOP/s one evening and 416 three days later): a floor stated at a ceiling
+    taken once, at start, can belong to a quieter or a busier moment than the
+    steps it is compared with. Sampling it between rounds and stating the
+    median with its range ties the "% of the floor" to the same spell of the
+    machine as the medians of the timed steps.
+    """
+
+    def __init__(self, threads: int, dtypes) -> None:
+        self.threads = threads
+        self.samples: dict[torch.dtype, list[float]] = {dt: [] for dt in dtypes}
+
+    def sample(self, dtype: torch.dtype | None = None) -> None:
+        """Measure ``dtype``'s ceiling (every dtype's by default) once more: about a second each."""
+        for dt, values in self.samples.items():
+            if dtype is None or dt == dtype:
+                values.append(matmul_ceiling(self.threads, dtype=dt))
+
+    def median(self, dtype: torch.dtype) -> float:
+        values = sorted(self.samples[dtype])
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    def describe(self, dtype: torch.dtype) -> str:
+        """``'412 GFLOP/s (median of 5 samples taken before each round, 367-417)'``."""
+        v = self.samples[dtype]
+        if len(v) == 1:
+            return f"{v[0] / 1e9:.0f} GFLOP/s (one sample)"
+        return (f"{self.median(dtype) / 1e9:.0f} GFLOP/s (median of {len(v)} samples taken between rounds, "
+                f"{min(v) / 1e9:.0f}-{max(v) / 1e9:.0f})")
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype the matmuls of a training step run in under an hbat precision name."""
     return torch.float32 if precision == "fp32" else torch.bfloat16

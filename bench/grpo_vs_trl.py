@@ -60,7 +60,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
-from flops import compute_dtype, matmul_ceiling, param_count, train_flops  # noqa: E402 - bench/ is not a package
+from flops import CeilingSamples, compute_dtype, param_count, train_flops  # noqa: E402 - bench/ is not a package
 from run_info import clock, git_rev  # noqa: E402
 
 RULE = "hbat.orchestrator.demo_data:contains_reference"
@@ -421,13 +421,13 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
     precisions = {"hbat": args.precision, "trl": args.trl_precision}
     lines += [(f"FLOP floor of the update: 6 x {n_params / 1e6:.2f} M parameters x (prompt + response tokens of the "
                f"{PROMPTS_PER_ITER * SAMPLES} sequences) at the measured matmul ceiling of the dtype each system "
-               f"computes in (" + ", ".join(f"{str(dt).removeprefix('torch.')} {c / 1e9:.0f} GFLOP/s"
-                                              for dt, c in ceilings.items())
+               f"computes in (" + ", ".join(f"{str(dt).removeprefix('torch.')} {ceilings.describe(dt)}"
+                                              for dt in ceilings.samples)
                + f"; {args.threads} threads, 2048² matmul):"), ""]
     for key, s in systems.items():
         if not s.rounds:
             continue
-        ceiling = ceilings[compute_dtype(precisions[key])]
+        ceiling = ceilings.median(compute_dtype(precisions[key]))
         tokens = statistics.median([it["prompt_tokens"] + it["gen_tokens"] for r in s.rounds for it in r])
         floor = train_flops(n_params, int(tokens)) / ceiling
         upd = s.median("update")
@@ -552,9 +552,10 @@ def main(argv=None) -> int:
         mean_prompt = statistics.mean(len(r["prompt_ids"]) for r in rows)
         dtypes = sorted({compute_dtype(p) for p in (args.precision, args.trl_precision)}, key=str)
         ctx = {"model_label": model_label, "params": param_count(model_path),
-               "ceilings": {dt: matmul_ceiling(args.threads, dtype=dt) for dt in dtypes}}
+               "ceilings": CeilingSamples(args.threads, dtypes)}
+        ctx["ceilings"].sample()  # and again before every round, while no system runs
         log(f"{len(rows)} prompts (mean {mean_prompt:.1f} tokens); matmul ceiling "
-            + ", ".join(f"{c / 1e9:.0f} GFLOP/s ({dt})" for dt, c in ctx["ceilings"].items()) + "; "
+            + ", ".join(f"{ctx['ceilings'].describe(dt)} ({dt})" for dt in dtypes) + "; "
             f"{ctx['params'] / 1e6:.2f} M parameters")
         hbat_name = f"hbat train ({str(hbat_override(args, 'ppo.advantage', 'grpo')).upper()})"
         systems = {n: System({"hbat": hbat_name, "trl": "TRL GRPOTrainer"}[n]) for n in names}
@@ -569,6 +570,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
+                ctx["ceilings"].sample()
                 load0 = os.getloadavg()[0]
                 if name == "hbat":
                     res = hbat_round(args, model_path, data, tmp, r + 1, mean_prompt)
