@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what an interrupted command left behind, and how to go on from it
+_RESUME_HINTS = {
+    "train": " The latest complete checkpoint is on disk; add --resume to the same command to continue from it.",
+    "compare": " Finished runs are on disk; add --resume to the same command to reuse them.",
+    "build-pairs": " The pairs built so far are on disk; the same command continues from them.",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -147,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is a user's decision, not a crash: no traceback. What was finished
+        # (checkpoints, finished compare runs, built pairs) is already on disk.
+        print(f"hbat {args.command}: interrupted.{_RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

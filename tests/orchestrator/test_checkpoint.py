@@ -129,3 +129,41 @@ def test_sigkill_then_resume(ray_local, tree, tmp_path):
     clean_model = AutoModelForCausalLM.from_pretrained(clean["final_checkpoint"])
     for (name, a), (_, b) in zip(resumed_model.state_dict().items(), clean_model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name} differs after resume")
+
+
+def test_ctrl_c_stops_without_traceback_and_resumes(ray_local, tree, tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it)
+    during the second phase: the command says it was interrupted and how to go on,
+    prints no traceback, exits 130, leaves no process behind, and ``--resume``
+    finishes the run from the checkpoint it left."""
+    cfg = validate_config(tree)
+    config = tmp_path / "interrupted.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    run_dir = cfg.run_dir()
+    log_file = tmp_path / "interrupted.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(_cli(config), env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=tmp_path)
+        try:
+            deadline = time.time() + 240
+            while not _phase_started(run_dir, 1):
+                assert proc.poll() is None, f"run ended (rc {proc.returncode}) early: {log_file.read_text()[-3000:]}"
+                assert time.time() < deadline, "phase 2 never started"
+                time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+    out = log_file.read_text()
+    assert proc.returncode == 130, out[-3000:]
+    assert "hbat train: interrupted. The latest complete checkpoint is on disk; add --resume" in out
+    assert "Traceback" not in out, out[-3000:]
+    assert _group_members(proc.pid, wait_s=15) == [], "processes of the interrupted run survived"
+    assert not (run_dir / "summary.json").exists()
+
+    done = subprocess.run(_cli(config, "--resume"), check=False, env=_env(), capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "resumed at phase" in done.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["global_steps"] == 2 * 3 + 2 * 4
