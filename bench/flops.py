@@ -8,6 +8,7 @@ can take: the *floor*. Benchmarks report their measured step against it.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -53,12 +54,10 @@ class CeilingSamples:
                 values.append(matmul_ceiling(self.threads, dtype=dt))
 
     def median(self, dtype: torch.dtype) -> float:
-        values = sorted(self.samples[dtype])
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        return statistics.median(self.samples[dtype])
 
     def describe(self, dtype: torch.dtype) -> str:
-        """``'412 GFLOP/s (median of 5 samples taken before each round, 367-417)'``."""
+        """``'412 GFLOP/s (median of 5 samples taken between rounds, 367-417)'``."""
         v = self.samples[dtype]
         if len(v) == 1:
             return f"{v[0] / 1e9:.0f} GFLOP/s (one sample)"

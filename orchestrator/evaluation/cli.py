@@ -6,8 +6,6 @@ an optional YAML file, then the flags, then ``key=value`` overrides.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -159,22 +157,11 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m hbat.orchestrator.evaluation.cli eval ...``) until the hbat CLI wires it."""
-    import logging
+    """``python -m hbat.orchestrator.evaluation.cli eval ...``: the ``hbat`` command itself, so the module
+    entry has the same error handling (exit 2 on bad input, a one-line note on Ctrl-C)."""
+    from hbat.orchestrator.cli import main as hbat_main
 
-    from hbat.orchestrator.config import ConfigError
-    from hbat.orchestrator.data import DataError
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="hbat")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return hbat_main(argv)
 
 
 if __name__ == "__main__":
