@@ -61,7 +61,7 @@ class CriticWorker(ShardedTrainer):
         # prompt's samples run it once (not under FSDP: one forward per step there)
         cols = e.action_mask.any(0).nonzero()
         prefix = int(cols[0]) + 1 if len(cols) and not self.sharded else 0
-        with self.precision.autocast(self.device):
+        with self.precision.compute(self.device, e.sequences.shape[1]):
             return critic_values(self.model, e.sequences, e.attention_mask, prefix).float()
 
     def values(self, exp: Experience, keep_graph: bool = False) -> torch.Tensor:

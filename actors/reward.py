@@ -136,7 +136,7 @@ class RewardWorker(ShardedTrainer):
         group's ranks; each rank's pair mean is weighted by its share."""
         self.model.train()
         b = to_device(batch, self.device)
-        with self.precision.autocast(self.device):
+        with self.precision.compute(self.device, b["input_ids"].shape[1]):
             scores = self.scorer(b["input_ids"], b["attention_mask"]).float()
         n = scores.shape[0] // 2
         loss, acc = bradley_terry_loss(scores[:n], scores[n:])

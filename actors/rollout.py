@@ -119,6 +119,10 @@ class RolloutWorker(RunFolderProbe):
             from hbat.actors.rollout_hf import HFGenerationBackend
 
             self.backend = HFGenerationBackend(model, dtype=dtype, device=device)
+            if self.backend.device.type == "cpu":
+                from hbat.actors.host_memory import keep_freed_blocks
+
+                keep_freed_blocks()  # the KV cache and logits are allocated anew every decode step
         self.model_name = model
         self._version = 0
 

@@ -134,7 +134,10 @@ def quiet_transformers() -> None:
 
 def setup_actor(device: str = "auto", torch_threads: int | None = None, seed: int | None = None) -> torch.device:
     """What every model-holding actor does first: quiet transformers, size its
-    torch thread pool, seed its RNGs (when it samples or trains) and pick its device."""
+    torch thread pool, seed its RNGs (when it samples or trains), pick its
+    device and, on a CPU, let malloc keep the big blocks a step frees for
+    the next step (``actors/host_memory.py``)."""
+    from hbat.actors.host_memory import keep_freed_blocks
     from hbat.models import resolve_device
 
     quiet_transformers()
@@ -142,7 +145,10 @@ def setup_actor(device: str = "auto", torch_threads: int | None = None, seed: in
         torch.set_num_threads(torch_threads)
     if seed is not None:
         seed_everything(seed)
-    return resolve_device(device)
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        keep_freed_blocks()
+    return resolved
 
 
 class RunFolderProbe:

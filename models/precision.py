@@ -87,6 +87,22 @@ class Precision:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def computes_bf16(self, device: torch.device | str) -> bool:
+        """Whether a forward of this precision on ``device`` runs its matmuls and attention in bf16."""
+        if self.name == "bf16-pure":
+            return True
+        return self.name == "bf16-mixed" and not isinstance(self.autocast(device), contextlib.nullcontext)
+
+    @contextlib.contextmanager
+    def compute(self, device: torch.device | str, seq_len: int):
+        """The context a role's forward of ``seq_len`` positions runs in: :meth:`autocast`
+        and, for a bf16 training forward on a CPU, the attention kernel that
+        trains faster there (``models/cpu_attention.py``)."""
+        from hbat.models.cpu_attention import training_attention
+
+        with self.autocast(device), training_attention(device, self.computes_bf16(device), seq_len):
+            yield
+
 
 def precision(name: str | Precision) -> Precision:
     return name if isinstance(name, Precision) else Precision(DTYPE_ALIASES.get(name, name))
