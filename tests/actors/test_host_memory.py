@@ -14,8 +14,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 
-#: allocate, touch and free a 128 MB block (an embedding gradient's size) four
-#: times, as four training steps would; report each one's page faults.
+#: allocate, touch and free a 128 MB block (an embedding gradient's size)
+#: eight times, as eight training steps would; report each one's page faults.
 _STEPS = """
 import json, resource, torch
 from hbat.actors.training import setup_actor
@@ -27,7 +27,7 @@ def step():
     x.fill_(1.0)
     del x
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults = [step() for _ in range(4)]
+faults = [step() for _ in range(8)]
 print(json.dumps({"applied": keep_freed_blocks(), "faults": faults}))
 """
 
@@ -43,11 +43,14 @@ def _run(env_extra: dict) -> dict:
 def test_cpu_actor_reuses_freed_blocks_without_page_faults():
     tuned = _run({})
     assert tuned["applied"] is True
-    # 128 MB is 32768 pages of 4 KB: the first touch faults them in. Where
-    # the heap's first block had to be placed apart, the second step maps
-    # one more; from then on every step finds its block mapped already.
+    # 128 MB is 32768 pages of 4 KB: the first touch faults them in. torch
+    # asks for 64-byte aligned blocks, and a freed one can be a few bytes short
+    # of the next request until it merges with its neighbours, so one more
+    # step may map a block anew (seen in 1 of 3 runs, always by the third
+    # step); from then on every step finds its block mapped already.
     assert tuned["faults"][0] > 10_000
-    assert max(tuned["faults"][2:]) < 1_000, tuned
+    assert sum(tuned["faults"][1:]) < 2 * 32768 + 1_000, tuned
+    assert max(tuned["faults"][4:]) < 1_000, tuned
 
 
 def test_default_malloc_faults_every_step_and_the_opt_out_keeps_it():

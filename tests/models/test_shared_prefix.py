@@ -52,9 +52,15 @@ def _dpo_batch():
     return torch.stack(rows), torch.stack(masks), torch.stack(loss)[:, 1:]
 
 
-def _forward_rows(model) -> list[int]:
+def _forward_rows(model) -> list[tuple[int, int]]:
+    """``(rows, positions)`` of each forward (token ids or, from the shared path, their embeddings)."""
     rows = []
-    model.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape), with_kwargs=True)
+
+    def record(m, a, k):
+        x = k.get("input_ids")
+        rows.append((x if x is not None else k["inputs_embeds"]).shape[:2])
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     return rows
 
 
@@ -70,8 +76,12 @@ def test_shared_prefix_equals_the_plain_forward_with_gradients(tiny_checkpoint, 
     model = load_causal_lm(tiny_checkpoint, trainable=True)
     ids, att, cols = batch()
     shapes = _forward_rows(model)
+    lookups = []
+    model.get_input_embeddings().register_forward_hook(lambda m, a, out: lookups.append(out.shape))
     lp1, lg1, s1, g1 = _logps_and_grads(model, ids, att, cols, share=True)
     shared_calls = list(shapes)
+    # prefix and tail tokens embedded in one lookup: one vocabulary-sized gradient to zero, not two
+    assert len(lookups) == 1
     shapes.clear()
     lp0, lg0, s0, g0 = _logps_and_grads(model, ids, att, cols, share=False)
     assert [tuple(x) for x in shapes] == [tuple(ids.shape)]  # the plain path: one forward of every row
@@ -105,7 +115,8 @@ def test_critic_values_with_a_shared_prefix_equal_the_plain_forward(tiny_checkpo
     ids, att, cols = _ppo_batch()
     backbone_rows = []
     model.model.register_forward_pre_hook(
-        lambda m, a, k: backbone_rows.append((k.get("input_ids") if "input_ids" in k else a[0]).shape[0]),
+        lambda m, a, k: backbone_rows.append(next(x for x in (k.get("input_ids"), k.get("inputs_embeds"), *a)
+                                                  if x is not None).shape[0]),
         with_kwargs=True)
     out = {}
     for prefix in (6, 0):
