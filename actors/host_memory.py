@@ -9,17 +9,19 @@ block above its mmap threshold (at most 32 MB by default) with a fresh
 ``mmap`` and gives it back to the kernel on ``free``, and trims the heap's
 top above 128 KB; the next step then touches brand-new pages, each one a
 page fault and a zero-fill. Measured on the bench's bf16-mixed DPO step
-(SmolLM2-135M, 837 tokens, 2 threads): 190-290 K minor page faults, about
-1 GB of memory mapped afresh, per step; with the thresholds raised, none
-after the first step, and the step 5-10 % faster (the commit that added this
-file gives the runs).
+(SmolLM2-135M, 837 tokens, 2 threads, three pairs of runs): 196-333 K minor
+page faults, about 1 GB mapped afresh, per step with glibc's defaults; none
+in the steady state with the thresholds raised, and the step 2.60-2.77 s
+instead of 2.94-3.14 s (about 12 % faster; fp32 5-10 %). Peak resident
+memory of that process rose 6.5 % (3.83 -> 4.08 GB).
 
 Raising both thresholds makes ``free`` keep those blocks on malloc's heap,
 where the next step's ``malloc`` finds them mapped already. The price is that
 the process's resident memory stays at its peak between steps, which a
-training actor reaches again on its next step anyway. Only model-holding
-actors on a CPU device call this (``actors/training.py: setup_actor``): on a
-GPU the big buffers are device memory, which torch's caching allocator
+training actor reaches again on its next step anyway. Model-holding actors
+on a CPU device call this (the training roles and the reference through
+``actors/training.py: setup_actor``, the HF rollout backend in
+``actors/rollout.py``): on a GPU the big buffers are device memory, which torch's caching allocator
 already reuses. Set ``HBAT_HOST_MALLOC=default`` to keep glibc's defaults,
 or set glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
 (they win); with another allocator preloaded (jemalloc, tcmalloc) this is a

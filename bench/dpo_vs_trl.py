@@ -72,6 +72,8 @@ sys.path.insert(0, str(BENCH_DIR))
 from flops import CeilingSamples, compute_dtype, param_count  # noqa: E402 - bench/ is not a package
 from run_info import clock, git_rev  # noqa: E402
 
+from hbat.actors.host_memory import keep_freed_blocks  # noqa: E402
+
 #: the LoRA adapters of ``--lora``, the same for both systems (hbat LoraConfig / peft.LoraConfig)
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 
@@ -645,6 +647,9 @@ def header(args, model_label: str, wall: float) -> list[str]:
         f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
         (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
         "shared machine, so absolute times are noisy and only the ratios are comparable"),
+        ("- host memory: hbat's workers keep the blocks a step frees on glibc's heap (actors/host_memory.py); "
+         "the setting is process-wide, so TRL's rounds in this same process run with it too"
+         if keep_freed_blocks() else "- host memory: glibc's defaults for both systems"),
         (f"- model: {model_label}; {'; '.join(v.label for v in args.variants)} (one section each); "
         f"AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
         f"betas (0.9, 0.95), eps 1e-8, weight decay 0, grad clip 1.0, constant lr; DPO beta {args.beta:g} (sigmoid)"),

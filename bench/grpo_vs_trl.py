@@ -369,6 +369,8 @@ def render(args, ctx: dict, systems: dict[str, System], loads: list, rounds_done
         f"- hbat git: {git_rev()}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
         (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
          "shared machine, so absolute times are noisy and only the ratios are comparable"),
+        ("- host memory: hbat's CPU actors keep the blocks a step frees on glibc's heap (actors/host_memory.py); "
+         "TRL's process runs with glibc's defaults"),
         (f"- model: {ctx['model_label']} ({n_params / 1e6:.2f} M parameters), precision hbat {args.precision}, "
          f"TRL {args.trl_precision}, full "
          f"fine-tuning; {PROMPTS_PER_ITER} prompts x {SAMPLES} samples x <= {MAX_NEW} new tokens, temperature 1, "

@@ -1,20 +1,21 @@
 """Which SDPA kernel a training forward uses on a CPU in bf16.
 
 torch's CPU flash-attention kernel is the fast one for inference and for
-long sequences, but its backward in bf16 is slow on short ones: for the
-shapes of a DPO or GRPO step on SmolLM2-135M (9 heads of 64, 26-62
-positions), forward + backward took 5.7 ms (causal, 36 positions) and 8.5 ms
-(26 queries against 62 keys) per layer with the flash kernel against 1.8 and
-4.1 ms with the math kernel, which computes ``softmax(q k^T) v`` with
-ordinary matmuls in fp32 (torch upcasts bf16 there). Per 30-layer step that
-is ~250 ms of a ~2.6 s step. The math kernel holds the full score matrix, so
-it loses as sequences grow: even at 128 keys it was still ahead (29.8 vs 36.4
-ms, 16 rows), at 256 about even, and at 512 it took 1.7x the flash kernel's
-time. So a bf16 *training* forward (autograd on) on a CPU uses the math kernel
-while its keys number at most :data:`MATH_MAX_KEYS`; inference (no grad), fp32
-and GPUs keep torch's own choice (measured: fp32 gains little, and a
-forward-only pass is faster with the flash kernel). Measurements:
-``bench/attention_kernels.py``.
+long sequences, but its backward in bf16 is slow on short ones. For the
+shapes of a DPO step on SmolLM2-135M (9 heads of 64; a causal 36-token
+prefix, then 26 tail queries against 62 keys), forward + backward in bf16
+took 8.5 and 8.0 ms per layer with the flash kernel against 3.4 and 5.9 ms
+with the math kernel, which computes ``softmax(q k^T) v`` with ordinary
+matmuls (torch upcasts bf16 to fp32 there, so it is no less exact): ~220 ms
+of a ~2.6 s 30-layer step. The math kernel holds the full score matrix, so it
+loses as sequences grow: at 128 causal positions it was still ahead (29 vs
+35 ms, 16 rows), at 256 it took 1.2x the flash kernel's time, at 1024 2.3x.
+So a bf16 *training* forward (autograd on) on a CPU uses the math kernel
+while its keys number at most :data:`MATH_MAX_KEYS`; inference (no grad:
+the flash forward is faster at every length), fp32 (a gain only on the
+36-token prefix, slower from 62 keys on) and GPUs keep torch's own choice.
+The table is ``bench/results/attention_kernels.md``
+(``bench/attention_kernels.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import torch
 
 #: longest key sequence a bf16 training forward on a CPU runs with the math kernel
-MATH_MAX_KEYS = 256
+MATH_MAX_KEYS = 128
 
 
 @contextlib.contextmanager
