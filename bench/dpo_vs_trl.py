@@ -4,7 +4,7 @@ Both systems train the same model (fp32, full fine-tuning, on CPU) on the same
 batch of demo preference pairs (identical token ids), with the same optimizer
 (torch AdamW, same lr / betas / eps, no weight decay, grad-norm clip 1.0,
 constant schedule). The two are timed alternately, round after round, in this
-one process, and the table reports medians and hbat/TRL ratios -- on a shared,
+one script, and the table reports medians and hbat/TRL ratios -- on a shared,
 noisy machine only ratios measured side by side mean anything (docs/architecture.md §6).
 
 Per round (the order of the two systems alternates between rounds):
@@ -18,6 +18,10 @@ Per round (the order of the two systems alternates between rounds):
   ``precompute_ref_log_probs=False``, so its step includes the reference
   forward), one ``train()`` with ``max_steps=K``; a callback records when each
   optimizer step ends. s/step is the interval between consecutive step ends.
+  TRL's rounds run in a child process of their own (spawned once, reused):
+  hbat's workers raise glibc's malloc thresholds for their whole process
+  (``actors/host_memory.py``), and TRL runs, as its users run it, with
+  glibc's defaults.
 
 The first step of every round is warm-up and is excluded for both systems.
 Losses must agree at step 0 (both start from identical weights and batch);
@@ -50,9 +54,11 @@ Needs ``pip install trl`` (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gc
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -193,6 +199,83 @@ class Series:
         return [statistics.median(r) for r in (self.cpu_rounds if cpu else self.rounds)]
 
 
+@dataclass
+class StepRecord:
+    """What a TRL round's timer callback recorded, as plain data (it comes back from TRL's process)."""
+
+    begin: list
+    end: list
+    logs: list
+    threads: int | None
+    dtype: str
+    checkpointing: bool
+    autocast: set
+    reference: str = ""
+
+    @classmethod
+    def of(cls, timer) -> StepRecord:
+        return cls(timer.begin, timer.end, timer.logs, timer.threads, timer.dtype, timer.checkpointing,
+                   set(timer.autocast))
+
+    def intervals(self) -> tuple[list[float], list[float]]:
+        """(wall, CPU) seconds per step, step end to step end, the first (warm-up) step excluded."""
+        return gaps(self.end)
+
+    def compute_only(self) -> tuple[list[float], list[float]]:
+        """(wall, CPU) seconds from step begin to step end (no data loading / logging), warm-up excluded."""
+        pairs = list(zip(self.begin[1:], self.end[1:]))
+        return [e[0] - b[0] for b, e in pairs], [e[1] - b[1] for b, e in pairs]
+
+
+class TRLProcess:
+    """TRL's rounds, run in one spawned child process reused for every round.
+
+    The child never builds an hbat worker, so its malloc keeps glibc's
+    defaults (checked in every round); only the arguments TRL needs cross over."""
+
+    FIELDS = ("steps", "pairs", "lr", "beta", "trl_optim", "variant", "seed")
+
+    def __init__(self, threads: int) -> None:
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=setup_process,
+            initargs=(threads,))
+
+    def run(self, fn, args, *rest, **kw):
+        small = argparse.Namespace(**{k: getattr(args, k) for k in self.FIELDS})
+        return self.pool.submit(_in_trl_process, fn, small, *rest, **kw).result()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def setup_process(threads: int) -> None:
+    """Threads and quiet libraries, in this process and in TRL's."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")  # deprecation chatter
+    torch.set_num_threads(threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    import logging
+
+    logging.getLogger("trl").setLevel(logging.ERROR)
+
+
+def _in_trl_process(fn, *a, **kw):
+    from hbat.actors import host_memory
+
+    if host_memory._applied:
+        raise RuntimeError("TRL's process has hbat's malloc thresholds; it must run with glibc's defaults")
+    return fn(*a, **kw)
+
+
 def make_timer_callback():
     from transformers import TrainerCallback
 
@@ -320,9 +403,11 @@ def trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens: 
         trainer.train_dataset = Dataset.from_list(ours)
         trainer.train()
         check_trl_setup(timer, args.variant)
+        record = StepRecord.of(timer)
+        record.reference = timer.reference
         del trainer
     gc.collect()
-    return timer, token_note
+    return record, token_note
 
 
 def hbat_dpo_round(args, policy, ref, batch):
@@ -398,7 +483,8 @@ def run_dpo(args, model_path, tokenizer, data_dir, log, progress):
                           f"with ref {statistics.median(out['total'][0]):.2f} s "
                           f"(CPU {statistics.median(out['total'][1]):.2f} s)")
             else:
-                timer, note = trl_dpo_round(args, model_path, tokenizer, examples, records, check_tokens=r == 0)
+                timer, note = args.trl.run(trl_dpo_round, args, model_path, tokenizer, examples, records,
+                                           check_tokens=r == 0)
                 res["token_note"] = res["token_note"] or note
                 res["trl_reference"] = timer.reference
                 if len(timer.end) != args.steps:
@@ -456,9 +542,10 @@ def trl_sft_round(args, model_path, tokenizer, examples):
         quiet(trainer)
         trainer.train()
         check_trl_setup(timer, args.variant)
+        record = StepRecord.of(timer)
         del trainer
     gc.collect()
-    return timer
+    return record
 
 
 def hbat_sft_round(args, policy, batch):
@@ -501,7 +588,7 @@ def run_sft(args, model_path, tokenizer, data_dir, log, progress):
                 first_hbat = first_hbat or metrics
                 threads = torch.get_num_threads()
             else:
-                timer = trl_sft_round(args, model_path, tokenizer, examples)
+                timer = args.trl.run(trl_sft_round, args, model_path, tokenizer, examples)
                 if len(timer.end) != args.steps:
                     raise RuntimeError(f"TRL ran {len(timer.end)} steps, expected {args.steps}")
                 wall, cpu = timer.intervals()
@@ -648,7 +735,7 @@ def header(args, model_label: str, wall: float) -> list[str]:
         (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads set to {args.threads}; device cpu; "
         "shared machine, so absolute times are noisy and only the ratios are comparable"),
         ("- host memory: hbat's workers keep the blocks a step frees on glibc's heap (actors/host_memory.py); "
-         "the setting is process-wide, so TRL's rounds in this same process run with it too"
+         "TRL runs in a process of its own with glibc's defaults (checked every round)"
          if keep_freed_blocks() else "- host memory: glibc's defaults for both systems"),
         (f"- model: {model_label}; {'; '.join(v.label for v in args.variants)} (one section each); "
         f"AdamW (torch, TRL optim={args.trl_optim}) lr {args.lr:g}, "
@@ -702,22 +789,7 @@ def main(argv=None) -> int:
     except ImportError:
         raise SystemExit("this benchmark needs TRL: pip install 'trl>=1.16,<2'") from None
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")  # deprecation chatter
-    torch.set_num_threads(args.threads)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    import logging
-
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    setup_process(args.threads)
     from hbat.models import load_tokenizer, make_tiny_checkpoint, resolve_model_path
 
     out = Path(args.out) if args.out else BENCH_DIR / "results" / ("dpo_vs_trl_tiny.md" if args.tiny else "dpo_vs_trl.md")
@@ -743,6 +815,7 @@ def main(argv=None) -> int:
         for dtype in args.ceilings.samples:
             log(f"matmul ceiling ({dtype}, {args.threads} threads): {args.ceilings.describe(dtype)}")
         results: list[dict] = []
+        args.trl = TRLProcess(args.threads)
 
         def render() -> str:
             body = []
@@ -765,6 +838,7 @@ def main(argv=None) -> int:
             if args.sft:
                 log(f"== SFT ({variant.label}) ==")
                 run_sft(args, model_path, tokenizer, tmp / "data", log, progress)
+        args.trl.close()
     text = render()
     print()
     print(text)
