@@ -16,6 +16,10 @@ the flash forward is faster at every length), fp32 (a gain only on the
 36-token prefix, slower from 62 keys on) and GPUs keep torch's own choice.
 The table is ``bench/results/attention_kernels.md``
 (``bench/attention_kernels.py``).
+
+Memory: the math kernel keeps the fp32 score matrix for the backward, at
+most ``rows x heads x MATH_MAX_KEYS^2`` values per layer (9 MB for 16 rows
+of SmolLM2-135M), which the bound also keeps small.
 """
 
 from __future__ import annotations
