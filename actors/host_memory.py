@@ -21,8 +21,8 @@ the process's resident memory stays at its peak between steps, which a
 training actor reaches again on its next step anyway. Model-holding actors
 on a CPU device call this (the training roles and the reference through
 ``actors/training.py: setup_actor``, the HF rollout backend in
-``actors/rollout.py``): on a GPU the big buffers are device memory, which torch's caching allocator
-already reuses. Set ``HBAT_HOST_MALLOC=default`` to keep glibc's defaults,
+``actors/rollout.py``): on a GPU the big buffers are device memory, which
+torch's caching allocator already reuses. Set ``HBAT_HOST_MALLOC=default`` to keep glibc's defaults,
 or set glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
 (they win); with another allocator preloaded (jemalloc, tcmalloc) this is a
 no-op.
@@ -70,3 +70,8 @@ def keep_freed_blocks() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
+
+
+def thresholds_raised() -> bool:
+    """Whether :func:`keep_freed_blocks` raised the thresholds in this process (without applying them)."""
+    return bool(_applied)

@@ -272,7 +272,8 @@ class PolicyWorker(ShardedTrainer):
         is a round of all-gathers), else rows packed without padding
         (``model.packing``). Returns ``(logps, entropy or None, first scored column)``."""
         return response_token_logprobs(self.model, input_ids, attention_mask, loss_cols, temperature,
-                                       autocast=self.precision.compute(self.device, input_ids.shape[1]), share_prefix=not self.sharded,
+                                       compute=self.precision.compute(self.device, input_ids.shape[1]),
+                                       share_prefix=not self.sharded,
                                        packing=self.packing, entropy=entropy)
 
     def _sft_loss(self, b: dict) -> torch.Tensor:

@@ -269,9 +269,9 @@ def setup_process(threads: int) -> None:
 
 
 def _in_trl_process(fn, *a, **kw):
-    from hbat.actors import host_memory
+    from hbat.actors.host_memory import thresholds_raised
 
-    if host_memory._applied:
+    if thresholds_raised():
         raise RuntimeError("TRL's process has hbat's malloc thresholds; it must run with glibc's defaults")
     return fn(*a, **kw)
 

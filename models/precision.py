@@ -74,24 +74,24 @@ class Precision:
     def frozen_dtype_name(self) -> str:
         return "float32" if self.name == "fp32" else "bfloat16"
 
+    def autocasts(self, device: torch.device | str) -> bool:
+        """Whether :meth:`autocast` is on for ``device``: ``bf16-mixed`` where it has bf16."""
+        dev = torch.device(device)
+        if self.name != "bf16-mixed":
+            return False
+        if dev.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return dev.type == "cpu" and cpu_supports_bf16()
+
     def autocast(self, device: torch.device | str):
         """bf16 autocast for ``bf16-mixed`` where the device supports bf16; else a no-op."""
-        if self.name != "bf16-mixed":
+        if not self.autocasts(device):
             return contextlib.nullcontext()
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            if not torch.cuda.is_bf16_supported():
-                return contextlib.nullcontext()
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cpu" and cpu_supports_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
     def computes_bf16(self, device: torch.device | str) -> bool:
         """Whether a forward of this precision on ``device`` runs its matmuls and attention in bf16."""
-        if self.name == "bf16-pure":
-            return True
-        return self.name == "bf16-mixed" and not isinstance(self.autocast(device), contextlib.nullcontext)
+        return self.name == "bf16-pure" or self.autocasts(device)
 
     @contextlib.contextmanager
     def compute(self, device: torch.device | str, seq_len: int):

@@ -90,7 +90,7 @@ def kept_logits(model, keep: torch.Tensor, **forward) -> torch.Tensor:
 
 
 def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_cols: torch.Tensor,
-                            temperature: float = 1.0, autocast=None, share_prefix: bool = True, packing: str = "off",
+                            temperature: float = 1.0, compute=None, share_prefix: bool = True, packing: str = "off",
                             entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Token log-probs ``[B, T-1]`` (float32; the shift convention of
     ``objectives/logprobs.py``) of the scored cells, 0 elsewhere.
@@ -105,6 +105,8 @@ def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torc
     ``share_prefix=False``, or a sharded model, runs every row whole).
     Otherwise ``packing`` (``off``/``auto``/``on``, ``models/packing.py``)
     may run the rows' real tokens end to end instead of padded.
+    ``compute``: the context the forward runs in (``Precision.compute``:
+    autocast and, on a CPU, the attention kernel), else none.
 
     Returns ``(logps, entropy, s)``: ``entropy`` ``[B, T-1]`` (no gradient;
     ``None`` unless asked) is the sampling distribution's entropy at the
@@ -119,7 +121,7 @@ def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torc
     B, T = input_ids.shape
     cols = loss_cols.any(0).nonzero()
     s = int(cols[0]) if len(cols) else max(T - 2, 0)
-    with autocast or contextlib.nullcontext():
+    with compute or contextlib.nullcontext():
         out = shared_prefix_scored_logits(model, input_ids, attention_mask, loss_cols, s) if share_prefix else None
         capacity = packing_plan(model, attention_mask, packing) if out is None else None
         if capacity:
